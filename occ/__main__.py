@@ -1,0 +1,3 @@
+from occ.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,13 @@
+"""The six surround cameras, in the order every tensor and request uses."""
+
+CAMERA_NAMES: tuple[str, ...] = (
+    "CAM_FRONT_LEFT",
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_RIGHT",
+)
+NUM_CAMERAS = len(CAMERA_NAMES)
+# nuScenes source images, (height, width).
+SOURCE_IMAGE_SIZE: tuple[int, int] = (900, 1600)
