@@ -55,3 +55,53 @@ def transform_points(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 transform to points (..., 3)."""
     points = np.asarray(points, dtype=np.float64)
     return points @ transform[:3, :3].T + transform[:3, 3]
+
+
+def invert_rigid(transform: np.ndarray) -> np.ndarray:
+    """Inverse of a 4x4 rigid transform (rotation + translation): `ego2sensor = invert_rigid(sensor2ego)`."""
+    transform = np.asarray(transform, dtype=np.float64)
+    inverse = np.eye(4)
+    inverse[:3, :3] = transform[:3, :3].T
+    inverse[:3, 3] = -transform[:3, :3].T @ transform[:3, 3]
+    return inverse
+
+
+def camera_to_pixels(points_cam: np.ndarray, intrinsic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pinhole projection of camera-frame points (..., 3) (x right, y down, z forward, metres).
+
+    Returns pixels (..., 2) as (u, v) and depth (..., ) = z in metres. Points with depth <= 0 are
+    behind the camera: their pixels are meaningless (inf or mirrored), so callers mask on depth.
+    """
+    points_cam = np.asarray(points_cam, dtype=np.float64)
+    homogeneous = points_cam @ np.asarray(intrinsic, dtype=np.float64).T
+    depth = points_cam[..., 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pixels = homogeneous[..., :2] / depth[..., None]
+    return pixels, depth
+
+
+def pixels_to_camera(pixels: np.ndarray, depth: np.ndarray, intrinsic: np.ndarray) -> np.ndarray:
+    """Camera-frame points (..., 3) of pixels (..., 2) as (u, v) at depth (..., ) = z in metres."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    depth = np.asarray(depth, dtype=np.float64)
+    scaled = np.concatenate([pixels * depth[..., None], depth[..., None]], axis=-1)
+    return scaled @ np.linalg.inv(np.asarray(intrinsic, dtype=np.float64)).T
+
+
+def ego_to_pixels(
+    points_ego: np.ndarray, intrinsic: np.ndarray, sensor2ego: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Project ego-frame points (..., 3) into a camera: pixels (..., 2) as (u, v) and depth (..., ) in metres.
+
+    `sensor2ego` (4x4) maps camera to ego coordinates (nuScenes calibrated_sensor), so the points go
+    through its inverse first; `intrinsic` (3x3) is in pixels of the source image.
+    """
+    points_cam = transform_points(invert_rigid(sensor2ego), points_ego)
+    return camera_to_pixels(points_cam, intrinsic)
+
+
+def pixels_to_ego(
+    pixels: np.ndarray, depth: np.ndarray, intrinsic: np.ndarray, sensor2ego: np.ndarray
+) -> np.ndarray:
+    """Ego-frame points (..., 3) of pixels (..., 2) at depth (..., ) metres; inverse of `ego_to_pixels`."""
+    return transform_points(sensor2ego, pixels_to_camera(pixels, depth, intrinsic))
