@@ -1,0 +1,179 @@
+"""Named model configs (frozen dataclasses) and the one explicit builder that turns them into modules.
+
+A config holds everything that fixes the network's shape: input size, the pooling grid, the depth
+bins and every stage's widths, so a checkpoint that names its config rebuilds its model. The
+reference configs mirror FlashOCC's files (named in each entry's `reference`); parameter counts
+equal those of models built from the reference code.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+from occupancy.classes import NUM_CLASSES
+from occupancy.errors import InputError
+from occupancy.grid import OCC3D_GRID, GridSpec
+from training.models.bev_encoder import FPN_LSS, LSSFPN3D, CustomResNet, CustomResNet3D
+from training.models.fpn import CustomFPN
+from training.models.heads import BEVOCCHead2D, BEVOCCHead3D
+from training.models.occupancy_model import OccupancyModel
+from training.models.resnet import ResNet
+from training.models.view_transformer import DepthBins, LSSViewTransformer, VoxelGridConfig
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """The image backbone (mmdet ResNet, pytorch style) and its output stages."""
+
+    depth: int = 50
+    base_channels: int = 64
+    out_indices: tuple[int, ...] = (2, 3)
+    with_cp: bool = True  # gradient checkpointing while training: memory for time
+
+
+@dataclass(frozen=True)
+class BevEncoder2DConfig:
+    """FlashOcc's BEV encoder: CustomResNet over the Z-collapsed BEV, FPN_LSS fusing stages 0 and 2,
+    and the channel-to-height head BEVOCCHead2D."""
+
+    num_layer: tuple[int, int, int] = (2, 2, 2)
+    num_channels: tuple[int, int, int] = (128, 256, 512)
+    stride: tuple[int, int, int] = (2, 2, 2)
+    neck_channels: int = 256
+    extra_upsample: int | None = 2  # FPN_LSS's `up2`: back to the pooled resolution
+    head_channels: int = 256  # BEVOCCHead2D out_dim
+
+
+@dataclass(frozen=True)
+class BevEncoder3DConfig:
+    """BEVDetOcc's voxel encoder: CustomResNet3D, LSSFPN3D back to the view transformer's width,
+    and the voxel head BEVOCCHead3D."""
+
+    num_layer: tuple[int, int, int] = (1, 2, 4)
+    num_channels: tuple[int, int, int] = (32, 64, 128)
+    stride: tuple[int, int, int] = (1, 2, 2)
+    head_channels: int = 32  # BEVOCCHead3D out_dim
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One named single-frame occupancy model."""
+
+    name: str
+    description: str
+    reference: str  # the config file this mirrors, or "" for our own
+    bev_encoder: BevEncoder2DConfig | BevEncoder3DConfig
+    input_size: tuple[int, int] = (256, 704)  # (H, W) of the network's input images
+    downsample: int = 16
+    pool_grid: VoxelGridConfig = field(default_factory=VoxelGridConfig)  # where the view transformer pools
+    depth_bins: DepthBins = field(default_factory=DepthBins)
+    grid: GridSpec = OCC3D_GRID  # the output grid
+    num_classes: int = NUM_CLASSES
+    backbone: ResNetConfig = field(default_factory=ResNetConfig)
+    neck_channels: int = 256  # CustomFPN output = view transformer input
+    bev_channels: int = 64  # view transformer output per Z slice (the reference's numC_Trans)
+    upsample_bev: bool = False  # bilinear x2 before the head (BEVDetOCC's `upsample`)
+    class_balance: bool = False
+
+
+def build_model(config: ModelConfig) -> OccupancyModel:
+    """Builds the modules a config describes, randomly initialised."""
+    b = config.backbone
+    img_backbone = ResNet(depth=b.depth, out_indices=b.out_indices, frozen_stages=-1, norm_eval=False,
+                          with_cp=b.with_cp, base_channels=b.base_channels)
+    img_neck = CustomFPN(in_channels=list(img_backbone.out_channels), out_channels=config.neck_channels,
+                         num_outs=1, start_level=0, out_ids=[0])
+    is_2d = isinstance(config.bev_encoder, BevEncoder2DConfig)
+    view_transformer = LSSViewTransformer(
+        grid=config.pool_grid,
+        depth_bins=config.depth_bins,
+        input_size=config.input_size,
+        downsample=config.downsample,
+        in_channels=config.neck_channels,
+        out_channels=config.bev_channels,
+        collapse_z=is_2d,
+    )
+    build_bev = _build_bev_2d if is_2d else _build_bev_3d
+    return OccupancyModel(img_backbone, img_neck, view_transformer, *build_bev(config),
+                          upsample_bev=config.upsample_bev)
+
+
+def _build_bev_2d(config: ModelConfig) -> tuple[CustomResNet, FPN_LSS, BEVOCCHead2D]:
+    enc = config.bev_encoder
+    pooled_channels = config.bev_channels * config.pool_grid.shape[2]  # Z slices stacked by collapse_z
+    backbone = CustomResNet(pooled_channels, num_layer=enc.num_layer, num_channels=enc.num_channels,
+                            stride=enc.stride)
+    neck = FPN_LSS(in_channels=enc.num_channels[0] + enc.num_channels[2], out_channels=enc.neck_channels,
+                   scale_factor=math.prod(enc.stride[1:]), input_feature_index=(0, 2),
+                   extra_upsample=enc.extra_upsample)
+    head = BEVOCCHead2D(in_dim=enc.neck_channels, out_dim=enc.head_channels, Dz=config.grid.shape[2],
+                        num_classes=config.num_classes, class_balance=config.class_balance)
+    return backbone, neck, head
+
+
+def _build_bev_3d(config: ModelConfig) -> tuple[CustomResNet3D, LSSFPN3D, BEVOCCHead3D]:
+    enc = config.bev_encoder
+    backbone = CustomResNet3D(config.bev_channels, num_layer=enc.num_layer, num_channels=enc.num_channels,
+                              stride=enc.stride)
+    neck = LSSFPN3D(in_channels=sum(enc.num_channels), out_channels=config.bev_channels)
+    head = BEVOCCHead3D(in_dim=config.bev_channels, out_dim=enc.head_channels, num_classes=config.num_classes,
+                        class_balance=config.class_balance)
+    return backbone, neck, head
+
+
+# FlashOcc pools into a single 6.4 m slice and recovers height in the head (channel-to-height).
+FLASHOCC_POOL_GRID = VoxelGridConfig(z=(-1.0, 5.4, 6.4))
+
+CONFIGS: dict[str, ModelConfig] = {
+    config.name: config
+    for config in (
+        ModelConfig(
+            name="bevdetocc-r50-256x704",
+            description="BEVDetOcc: ResNet-50, LSS into 200x200x16 voxels, 3D-conv encoder and voxel head",
+            reference="FlashOCC projects/configs/bevdet_occ/bevdet-occ-r50.py",
+            bev_encoder=BevEncoder3DConfig(),
+            pool_grid=VoxelGridConfig(),
+            bev_channels=32,
+        ),
+        ModelConfig(
+            name="flashocc-r50-256x704",
+            description="FlashOcc M1: ResNet-50, LSS into a 200x200 BEV, 2D encoder, channel-to-height head",
+            reference="FlashOCC projects/configs/flashocc/flashocc-r50.py",
+            bev_encoder=BevEncoder2DConfig(),
+            pool_grid=FLASHOCC_POOL_GRID,
+        ),
+        ModelConfig(
+            name="flashocc-r50-m0-256x704",
+            description="FlashOcc M0: as M1 with 1 m depth bins and a 128-channel BEV neck and head",
+            reference="FlashOCC projects/configs/flashocc/flashocc-r50-M0.py",
+            bev_encoder=BevEncoder2DConfig(neck_channels=128, head_channels=128),
+            pool_grid=FLASHOCC_POOL_GRID,
+            depth_bins=DepthBins(1.0, 45.0, 1.0),
+        ),
+        # Our own: trains on a 2-core CPU in minutes. Small ImageNet-free ResNet-18 at 128x352,
+        # 1 m depth bins, a 100x100 BEV at 0.8 m (a quarter of the pooling and encoder work);
+        # the encoder stays at 100x100 and a bilinear x2 brings it to the head's 200x200, which
+        # keeps FlashOcc's channel-to-height head and the Occ3D output grid.
+        ModelConfig(
+            name="demo-tiny",
+            description="small FlashOcc-style model for CPU training, demos and tests (200x200x16 output)",
+            reference="",
+            input_size=(128, 352),
+            backbone=ResNetConfig(depth=18, base_channels=32, with_cp=False),
+            neck_channels=64,
+            bev_channels=32,
+            pool_grid=VoxelGridConfig(x=(-40.0, 40.0, 0.8), y=(-40.0, 40.0, 0.8), z=(-1.0, 5.4, 6.4)),
+            depth_bins=DepthBins(1.0, 45.0, 1.0),
+            bev_encoder=BevEncoder2DConfig(num_layer=(1, 1, 1), num_channels=(32, 64, 128), stride=(1, 2, 2),
+                                           neck_channels=32, extra_upsample=None, head_channels=32),
+            upsample_bev=True,
+            class_balance=True,
+        ),
+    )
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """The named config; an unknown name is an InputError that lists the known ones."""
+    if name not in CONFIGS:
+        raise InputError(f"unknown model config {name!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[name]

@@ -1,0 +1,84 @@
+"""Occupancy heads: BEV or voxel features -> per-voxel class logits B x X x Y x Z x classes.
+
+FlashOCC's BEVOCCHead2D (channel-to-height: one BEV cell's feature predicts all Dz slices) and
+BEVOCCHead3D (projects/mmdet3d_plugin/models/dense_heads/bev_occ_head.py), with the reference's
+names (`final_conv.conv`, `predicter.0`, `predicter.2`).
+"""
+
+from torch import Tensor, nn
+
+from training.batch import OccupancyTargets
+from training.models.bev_encoder import ConvModule
+from training.models.losses import masked_cross_entropy, occ3d_class_weights
+
+
+class _OccupancyHead(nn.Module):
+    """The loss both heads share: camera-masked cross-entropy, optionally class-balanced."""
+
+    def __init__(self, num_classes: int, class_balance: bool) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.class_balance = class_balance
+        # Not persistent: the reference keeps the weights out of its checkpoints.
+        weights = occ3d_class_weights(num_classes) if class_balance else None
+        self.register_buffer("cls_weights", weights, persistent=False)
+
+    def loss(self, logits: Tensor, targets: OccupancyTargets) -> Tensor:
+        """Scalar loss of B x X x Y x Z x classes logits against the targets."""
+        return masked_cross_entropy(logits, targets.semantics, targets.mask_camera, self.cls_weights)
+
+
+class BEVOCCHead2D(_OccupancyHead):
+    """Channel-to-height head: a 3x3 conv + ReLU, then an MLP per BEV cell to Dz x classes logits.
+
+    Args:
+        in_dim: channels of the BEV feature.
+        out_dim: channels after `final_conv`; the MLP's hidden layer has 2 * out_dim.
+        Dz: height slices of the output grid.
+        num_classes: classes per voxel.
+        class_balance: weight the loss by 1 / log(class frequency).
+    """
+
+    def __init__(self, in_dim: int = 256, out_dim: int = 256, Dz: int = 16, num_classes: int = 18,
+                 class_balance: bool = False) -> None:
+        super().__init__(num_classes, class_balance)
+        self.Dz = Dz
+        self.final_conv = ConvModule(in_dim, out_dim, 3, padding=1, norm=False, bias=True)
+        self.predicter = nn.Sequential(
+            nn.Linear(out_dim, out_dim * 2),
+            nn.Softplus(),
+            nn.Linear(out_dim * 2, num_classes * Dz),
+        )
+
+    def forward(self, bev_feat: Tensor) -> Tensor:
+        """B x C x Y x X -> B x X x Y x Dz x classes (the slice-major split of the MLP's output)."""
+        x = self.final_conv(bev_feat).permute(0, 3, 2, 1)  # B x X x Y x C
+        b, size_x, size_y = x.shape[:3]
+        return self.predicter(x).view(b, size_x, size_y, self.Dz, self.num_classes)
+
+
+class BEVOCCHead3D(_OccupancyHead):
+    """Voxel head: a 3x3x3 conv + ReLU, then an MLP per voxel to class logits.
+
+    Args:
+        in_dim: channels of the voxel feature.
+        out_dim: channels after `final_conv`; the MLP's hidden layer has 2 * out_dim.
+        num_classes: classes per voxel.
+        class_balance: weight the loss by 1 / log(class frequency).
+
+    The reference fixes the MLP's width at 32 whatever out_dim says; its configs use out_dim=32.
+    """
+
+    def __init__(self, in_dim: int = 32, out_dim: int = 32, num_classes: int = 18,
+                 class_balance: bool = False) -> None:
+        super().__init__(num_classes, class_balance)
+        self.final_conv = ConvModule(in_dim, out_dim, 3, padding=1, dims=3, norm=False, bias=True)
+        self.predicter = nn.Sequential(
+            nn.Linear(out_dim, out_dim * 2),
+            nn.Softplus(),
+            nn.Linear(out_dim * 2, num_classes),
+        )
+
+    def forward(self, voxel_feat: Tensor) -> Tensor:
+        """B x C x Z x Y x X -> B x X x Y x Z x classes."""
+        return self.predicter(self.final_conv(voxel_feat).permute(0, 4, 3, 2, 1))

@@ -1,0 +1,71 @@
+"""The single-frame occupancy network: FlashOCC's BEVDetOCC (detectors/bevdet_occ.py) as a plain module.
+
+Stages arrive as constructor arguments, as in torchvision's GeneralizedRCNN; their attribute names
+are the reference's, so reference checkpoints load key for key.
+"""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.batch import CameraBatch, OccupancyTargets
+
+
+class OccupancyModel(nn.Module):
+    """Images + camera geometry -> per-voxel class logits.
+
+    Args:
+        img_backbone: B*N x 3 x H x W -> list of feature maps (ResNet, Swin).
+        img_neck: that list -> list whose first entry is B*N x C x H/16 x W/16 (CustomFPN).
+        img_view_transformer: (B x N x C x fH x fW, CameraBatch) -> (BEV feature, depth).
+        img_bev_encoder_backbone: BEV feature -> list of levels (CustomResNet, CustomResNet3D).
+        img_bev_encoder_neck: levels -> one BEV feature (FPN_LSS, LSSFPN3D).
+        occ_head: BEV feature -> B x X x Y x Z x classes logits, with `loss(logits, targets)`.
+        upsample_bev: double the BEV feature's resolution (bilinear) before the head: the
+            reference's `upsample` option, for encoders that run at half the output resolution.
+    """
+
+    def __init__(
+        self,
+        img_backbone: nn.Module,
+        img_neck: nn.Module,
+        img_view_transformer: nn.Module,
+        img_bev_encoder_backbone: nn.Module,
+        img_bev_encoder_neck: nn.Module,
+        occ_head: nn.Module,
+        upsample_bev: bool = False,
+    ) -> None:
+        super().__init__()
+        self.img_backbone = img_backbone
+        self.img_neck = img_neck
+        self.img_view_transformer = img_view_transformer
+        self.img_bev_encoder_backbone = img_bev_encoder_backbone
+        self.img_bev_encoder_neck = img_bev_encoder_neck
+        self.occ_head = occ_head
+        self.upsample_bev = upsample_bev
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """B x N x 3 x H x W normalised RGB -> B x N x C x H/16 x W/16 features."""
+        b, n = images.shape[:2]
+        feats = self.img_neck(self.img_backbone(images.flatten(0, 1)))[0]
+        return feats.view(b, n, *feats.shape[1:])
+
+    def encode_bev(self, batch: CameraBatch) -> tuple[Tensor, Tensor]:
+        """The BEV feature the head reads (B x C x Y x X or B x C x Z x Y x X) and the per-camera
+        depth probabilities B x N x D x fH x fW (for depth supervision)."""
+        bev, depth = self.img_view_transformer(self.encode_images(batch.images), batch)
+        bev = self.img_bev_encoder_neck(self.img_bev_encoder_backbone(bev))
+        if self.upsample_bev:
+            bev = F.interpolate(bev, scale_factor=2, mode="bilinear", align_corners=True)
+        return bev, depth
+
+    def forward(self, batch: CameraBatch) -> Tensor:
+        """Logits B x X x Y x Z x classes over the Occ3D grid (ego frame, indexed [x, y, z])."""
+        return self.occ_head(self.encode_bev(batch)[0])
+
+    def loss(self, logits: Tensor, targets: OccupancyTargets) -> Tensor:
+        """Scalar training loss of `forward`'s logits (the head's camera-masked cross-entropy)."""
+        return self.occ_head.loss(logits, targets)
+
+    def predict(self, batch: CameraBatch) -> Tensor:
+        """Class index per voxel, B x X x Y x Z int64."""
+        return self(batch).argmax(-1)
