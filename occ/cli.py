@@ -14,6 +14,7 @@ from occupancy.errors import InputError
 # Command name -> module implementing it, in the order `occ --help` lists them.
 COMMANDS: dict[str, str] = {
     "models": "training.models_cli",
+    "serve": "service.cli",
     "synth": "training.data.synth_cli",
     "prepare": "training.data.prepare_cli",
 }

@@ -1,0 +1,41 @@
+"""Gateway settings, read from environment variables prefixed `OCC_` (e.g. `OCC_MAX_CONCURRENT=2`)."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The Triton-layout model repository committed next to the code: <name>/config.pbtxt, <name>/<version>/.
+DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+class Settings(BaseSettings):
+    """Everything the gateway reads from its environment; validated once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="OCC_", frozen=True)
+
+    model_repository: Path = DEFAULT_REPOSITORY
+    default_model: str | None = Field(None, description="served when a request names none; else the first")
+    backend: Literal["embedded"] = "embedded"
+
+    max_body_bytes: int = Field(64 * 2**20, gt=0, description="whole request body, bytes")
+    # Checked from the JPEG/PNG header before decoding, so a decompression bomb is never decoded.
+    max_pixels: int = Field(4096 * 4096, gt=0, description="width x height of any one image")
+    request_timeout_s: float = Field(30.0, gt=0, description="queue wait + decode + inference + encode")
+
+    ort_intra_op_threads: int = Field(0, ge=0, description="0: ONNX Runtime's default (all cores)")
+    ort_inter_op_threads: int = Field(1, ge=0)
+    max_concurrent: int = Field(1, ge=1, description="frames processed at the same time")
+    max_queue: int = Field(8, ge=0, description="frames waiting for a slot; beyond that, 503")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503")
+
+    # Comma-separated in the environment; empty: no authentication.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(key.strip() for key in value.split(",") if key.strip())
+        return value

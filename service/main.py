@@ -1,0 +1,96 @@
+"""The FastAPI app: `create_app(settings)` builds it; backend, metrics and queue are built in its lifespan.
+
+Run it with `occ serve`, or `uvicorn --factory service.main:create_app_from_env`.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
+
+from occupancy.errors import InputError
+from service.api.deps import require_api_key
+from service.api.routes import health, models, predict
+from service.backends.base import Backend
+from service.backends.embedded import EmbeddedBackend
+from service.core.admission import Admission
+from service.core.config import Settings
+from service.core.metrics import Metrics
+from service.core.state import AppState
+from service.request_body import PredictJSONBody
+
+log = logging.getLogger("service")
+
+BackendFactory = Callable[[Settings], Backend]
+BACKENDS: dict[str, BackendFactory] = {"embedded": EmbeddedBackend.load}
+
+
+def create_app(settings: Settings | None = None, build_backend: BackendFactory | None = None) -> FastAPI:
+    """The gateway app; `build_backend` replaces the configured backend (tests inject slow ones)."""
+    settings = Settings() if settings is None else settings
+    build_backend = BACKENDS[settings.backend] if build_backend is None else build_backend
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        backend = await run_in_threadpool(build_backend, settings)
+        try:
+            app.state.occ = _state(settings, backend)
+            yield
+        finally:
+            await backend.close()
+
+    app = FastAPI(
+        title="Occupancy gateway",
+        summary="Six camera images and their calibration in, a 3D semantic occupancy grid out.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(predict.router, dependencies=[Depends(require_api_key)])
+    app.include_router(models.router, dependencies=[Depends(require_api_key)])
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn's factory: settings from the `OCC_*` environment."""
+    return create_app(Settings())
+
+
+def _state(settings: Settings, backend: Backend) -> AppState:
+    metrics = Metrics()
+    for model in backend.models.values():
+        metrics.model_info.labels(name=model.name, version=model.version, backend=backend.kind,
+                                  config=model.config).set(1)
+    default = settings.default_model or min(backend.models)
+    log.info("serving %s with backend %s (default %s)", sorted(backend.models), backend.kind, default)
+    admission = Admission(settings.max_concurrent, settings.max_queue, metrics)
+    return AppState(settings, backend, metrics, admission, default)
+
+
+async def _input_error(request: Request, error: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+async def _internal_error(request: Request, error: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's description, plus the request schemas that /predict's hand-written requestBody refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        _, definitions = models_json_schema([(PredictJSONBody, "validation")],
+                                            ref_template="#/components/schemas/{model}")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+        app.openapi_schema = schema
+    return app.openapi_schema

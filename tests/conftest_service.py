@@ -1,0 +1,175 @@
+"""Helpers of the gateway tests: a small contract-conforming ONNX model, a model repository, images,
+a nuScenes-like calibration, and the reference preprocessing built from the occupancy functions."""
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from occupancy import model_contract as contract
+from occupancy.calibration import parse_calibration
+from occupancy.cameras import CAMERA_NAMES
+from occupancy.classes import CLASS_NAMES
+from occupancy.geometry import matrix_to_quaternion
+from occupancy.grid import OCC3D_GRID
+from occupancy.preprocess import apply_transform, bgr_to_rgb, decode_image, decode_scale, test_time_transform
+
+# Roughly one voxel in 30 is occupied: sparse answers stay small.
+_PATTERN_PERIOD = 17 * 32
+
+
+def build_test_model(input_size: tuple[int, int], temporal: bool = False, config: str = "test-fake") -> bytes:
+    """A contract-conforming ONNX model whose grid is a deterministic function of every input.
+
+    t = sum over cameras c of (c + 1) * (mean(image_c) + 1e-3 * sum(K_c) + sum(sensor2ego_c)
+    + 10 * sum(post_rot_c) + sum(post_tran_c)); semantics[x, y, z] = min(|floor(t) + x + 3y + 7z|
+    mod 544, 17) as uint8. Any change of a pixel mean or a matrix moves the whole grid.
+    """
+    height, width = input_size
+    x_size, y_size, z_size = OCC3D_GRID.shape
+    f32 = TensorProto.FLOAT
+
+    def const(name, values, dtype=np.float32):
+        return helper.make_tensor(name, f32 if dtype == np.float32 else TensorProto.INT64,
+                                  np.shape(values), np.asarray(values, dtype).ravel().tolist())
+
+    inputs = [
+        helper.make_tensor_value_info(contract.IMAGES, TensorProto.UINT8, ["B", 6, 3, height, width]),
+        helper.make_tensor_value_info(contract.INTRINSICS, f32, ["B", 6, 3, 3]),
+        helper.make_tensor_value_info(contract.SENSOR2EGO, f32, ["B", 6, 4, 4]),
+        helper.make_tensor_value_info(contract.POST_ROTS, f32, ["B", 6, 3, 3]),
+        helper.make_tensor_value_info(contract.POST_TRANS, f32, ["B", 6, 3]),
+    ]
+    output = helper.make_tensor_value_info(contract.SEMANTICS, TensorProto.UINT8,
+                                           ["B", x_size, y_size, z_size])
+    initializers = [
+        const("axes23", [2, 3], np.int64), const("axes2", [2], np.int64), const("axes1", [1], np.int64),
+        const("k_scale", 1e-3), const("r_scale", 10.0), const("period", float(_PATTERN_PERIOD)),
+        const("free", float(CLASS_NAMES.index("free"))),
+        const("weights", np.arange(1, 7)), const("shape4", [-1, 1, 1, 1], np.int64),
+        const("px", np.arange(x_size).reshape(x_size, 1, 1)),
+        const("py", 3 * np.arange(y_size).reshape(1, y_size, 1)),
+        const("pz", 7 * np.arange(z_size).reshape(1, 1, z_size)),
+    ]
+    nodes = [
+        helper.make_node("Cast", [contract.IMAGES], ["img"], to=f32),
+        helper.make_node("ReduceMean", ["img"], ["mean"], axes=[2, 3, 4], keepdims=0),
+        helper.make_node("ReduceSum", [contract.INTRINSICS, "axes23"], ["k_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [contract.SENSOR2EGO, "axes23"], ["e_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [contract.POST_ROTS, "axes23"], ["r_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [contract.POST_TRANS, "axes2"], ["t_sum"], keepdims=0),
+        helper.make_node("Mul", ["k_sum", "k_scale"], ["k_term"]),
+        helper.make_node("Mul", ["r_sum", "r_scale"], ["r_term"]),
+        helper.make_node("Sum", ["mean", "k_term", "e_sum", "r_term", "t_sum"], ["per_camera"]),
+        helper.make_node("Mul", ["per_camera", "weights"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axes1"], ["total"], keepdims=0),
+        helper.make_node("Floor", ["total"], ["floor"]),
+        helper.make_node("Reshape", ["floor", "shape4"], ["floor4"]),
+        helper.make_node("Sum", ["floor4", "px", "py", "pz"], ["value"]),
+        helper.make_node("Abs", ["value"], ["absolute"]),
+        helper.make_node("Mod", ["absolute", "period"], ["phase"], fmod=1),
+        helper.make_node("Min", ["phase", "free"], ["label"]),
+        helper.make_node("Cast", ["label"], [contract.SEMANTICS], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(nodes, "fake_occupancy", inputs, [output], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    grid = {"shape": list(OCC3D_GRID.shape), "range_m": OCC3D_GRID.range_m,
+            "voxel_size_m": [OCC3D_GRID.voxel_size] * 3}
+    metadata = {contract.META_CONFIG: config, contract.META_INPUT_SIZE: list(input_size),
+                contract.META_GRID: grid, contract.META_CLASSES: list(CLASS_NAMES),
+                contract.META_TEMPORAL: temporal}
+    helper.set_model_props(model, {key: json.dumps(value) for key, value in metadata.items()})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def write_model(root: Path, name: str, versions: tuple[int, ...], model: bytes) -> Path:
+    """A Triton-layout model folder: config.pbtxt and <version>/model.onnx for every version."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(f'name: "{name}"\nplatform: "onnxruntime_onnx"\n')
+    for version in versions:
+        (folder / str(version)).mkdir()
+        (folder / str(version) / "model.onnx").write_bytes(model)
+    return folder
+
+
+def camera_image(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A smooth BGR uint8 image (H, W, 3): gradients and blobs that survive JPEG and downscaling."""
+    height, width = size
+    v, u = np.mgrid[0:height, 0:width] / max(height, width)
+    rng = np.random.default_rng(seed)
+    phases = rng.uniform(0, 2 * math.pi, size=3)
+    channels = [127 + 100 * np.sin(6 * u + 4 * v * (c + 1) + phases[c]) for c in range(3)]
+    return np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)
+
+
+def encode(image: np.ndarray, extension: str = ".jpg", *params: int) -> bytes:
+    ok, buffer = cv2.imencode(extension, image, list(params))
+    assert ok
+    return buffer.tobytes()
+
+
+def frame_images(size: tuple[int, int], extension: str = ".jpg") -> dict[str, bytes]:
+    return {name: encode(camera_image(size, seed), extension) for seed, name in enumerate(CAMERA_NAMES)}
+
+
+def calibration(source_size: tuple[int, int] = (900, 1600), temporal: bool = False) -> dict:
+    """A nuScenes-like calibration in the API's JSON form; cameras yawed 60 degrees apart."""
+    height, width = source_size
+    cameras = {}
+    for index, name in enumerate(CAMERA_NAMES):
+        yaw = math.radians([55, 0, -55, 110, 180, -110][index])
+        forward = np.array([math.cos(yaw), math.sin(yaw), 0.0])
+        right = np.array([math.sin(yaw), -math.cos(yaw), 0.0])
+        rotation = np.stack((right, np.cross(forward, right), forward), axis=1)  # camera -> ego axes
+        focal = 1266.4 * width / 1600
+        cameras[name] = {
+            "intrinsic": [[focal, 0.0, width / 2], [0.0, focal, height / 2], [0.0, 0.0, 1.0]],
+            "sensor2ego": {"translation": [1.5 * math.cos(yaw), 0.5 * math.sin(yaw), 1.5],
+                           "rotation": matrix_to_quaternion(rotation).tolist()},
+        }
+    frame = {"cameras": cameras}
+    if temporal:
+        frame |= {"ego2global": {"translation": [600.1, 1647.5, 0.0], "rotation": [0.57, 0.0, 0.0, 0.82]},
+                  "timestamp": 1533151603547590, "sequence_id": "scene-0103"}
+    return frame
+
+
+def reference_inputs(
+    images: dict[str, bytes], frame: dict, input_size: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """The model inputs of a frame, built directly with the occupancy preprocessing functions."""
+    pixels, post_rots, post_trans = [], [], []
+    for name in CAMERA_NAMES:
+        data = images[name]
+        source_size = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        transform = test_time_transform(source_size, input_size)
+        scale = decode_scale(transform) if data[:2] == b"\xff\xd8" else 1.0
+        image = bgr_to_rgb(apply_transform(decode_image(data, scale), transform, scale))
+        pixels.append(image.transpose(2, 0, 1))
+        post_rots.append(transform.post_rot)
+        post_trans.append(transform.post_tran)
+    parsed = parse_calibration(frame)
+    return {contract.IMAGES: np.stack(pixels)[None],
+            contract.INTRINSICS: parsed.intrinsics_array()[None],
+            contract.SENSOR2EGO: parsed.sensor2ego_array()[None],
+            contract.POST_ROTS: np.stack(post_rots)[None],
+            contract.POST_TRANS: np.stack(post_trans)[None]}
+
+
+def run_model(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """semantics [X, Y, Z] of one frame, from onnxruntime directly."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run([contract.SEMANTICS], inputs)[0][0]
+
+
+def multipart_files(images: dict[str, bytes], frame: dict) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """httpx `files=` of the primary request form."""
+    files = [(name, (f"{name}.jpg", data, "image/jpeg")) for name, data in images.items()]
+    return [*files, ("calibration", ("calibration.json", json.dumps(frame).encode(), "application/json"))]

@@ -1,0 +1,87 @@
+"""`occ serve` as a real process: start-up errors, no torch, and one frame over loopback HTTP."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from conftest_service import (
+    build_test_model,
+    calibration,
+    frame_images,
+    multipart_files,
+    reference_inputs,
+    run_model,
+    write_model,
+)
+
+from occ.cli import main
+from occupancy.encoding import decode_dense
+
+INPUT_SIZE = (256, 704)
+
+
+def test_empty_repository_is_a_one_line_error(tmp_path, capsys):
+    assert main(["serve", "--repository", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and str(tmp_path) in error and "no model" in error and "export" in error
+
+
+def test_the_gateway_never_imports_torch():
+    code = ("import sys, service.main, service.cli; from service.core.config import Settings; "
+            "service.main.create_app(Settings()); "
+            "assert 'torch' not in sys.modules and 'training' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`occ serve` on a free loopback port with a one-model repository; always stopped afterwards."""
+    write_model(tmp_path / "repository", "fake", (1,), build_test_model(INPUT_SIZE))
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    command = [sys.executable, "-m", "occ", "serve", "--port", str(port),
+               "--repository", str(tmp_path / "repository")]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "no /readyz within 60 s"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url, tmp_path / "repository" / "fake" / "1" / "model.onnx"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.mark.integration
+def test_served_grid_equals_onnxruntime_on_the_same_tensors(server):
+    url, model_path = server
+    images, calib = frame_images((900, 1600)), calibration((900, 1600))
+    response = httpx.post(f"{url}/predict", files=multipart_files(images, calib), timeout=60)
+    assert response.status_code == 200, response.text
+    expected = run_model(model_path, reference_inputs(images, calib, INPUT_SIZE))
+    served = decode_dense(response.json()["occupancy"]["data"])
+    assert np.count_nonzero(served != expected) == 0
+    assert (served != 17).any()
