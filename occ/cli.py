@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "serve": "service.cli",
     "synth": "training.data.synth_cli",
     "prepare": "training.data.prepare_cli",
+    "triton-local": "service.triton_local_cli",
 }
 
 

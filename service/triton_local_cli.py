@@ -1,0 +1,44 @@
+"""`occ triton-local`: run the tritonserver that nvidia-pytriton bundles on loopback, in the foreground.
+
+CPU only: it serves python-backend models (training.export.triton_config.write_python_backend_model).
+"""
+
+import argparse
+from pathlib import Path
+
+HELP = "run a local Triton server (the binary nvidia-pytriton bundles) on 127.0.0.1 until Ctrl-C"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", type=Path, required=True, help="Triton model repository folder")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--model-control", choices=("explicit", "poll", "none"), default="explicit",
+                        help="explicit: models load through the repository API or --load-model (default)")
+    parser.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                        help="load this model at start (repeatable; with --model-control explicit)")
+    parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.triton_local import TritonLocal
+
+    server = TritonLocal(
+        args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        model_control=args.model_control, load_models=tuple(args.load_model),
+    )
+    server.start()
+    try:
+        try:
+            seconds = server.wait_ready(args.ready_timeout)
+        except RuntimeError as error:
+            print(f"occ triton-local: error: {error}")
+            return 1
+        print(f"triton ready in {seconds:.1f} s: http {server.http_url}, grpc {server.grpc_url}, "
+              f"metrics {server.metrics_url}; log {server.log_path}; Ctrl-C stops it", flush=True)
+        code = server.wait()
+        print(f"tritonserver exited with {code}:\n{server.log_tail()}")
+        return 1
+    finally:
+        server.stop()

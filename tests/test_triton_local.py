@@ -1,0 +1,170 @@
+"""A real tritonserver (nvidia-pytriton's binary) serving the CPU python-backend model on loopback.
+
+The model is loaded through the repository API, inferred through gRPC with binary tensors, and its
+grids must equal ONNX Runtime's byte for byte; the metrics endpoint must count the requests.
+"""
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from test_triton_config import tiny_frames, write_tiny_model
+
+from occupancy import model_contract as contract
+from service.triton_local import TritonLocal
+from training.export.triton_config import write_python_backend_model
+
+pytestmark = pytest.mark.integration
+MODEL = "tiny"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repository")
+    onnx_path = write_tiny_model(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+    # A long queue delay lets the concurrent requests below meet in one batch.
+    write_python_backend_model(root, MODEL, onnx_path, max_batch_size=8, max_queue_delay_us=200_000)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    http_port, grpc_port, metrics_port = free_ports(3)
+    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    triton.start()
+    try:
+        triton.start_seconds = triton.wait_ready(timeout_s=60)
+        print(f"\ntritonserver ready {triton.start_seconds:.2f} s after start")
+        yield triton
+    finally:
+        triton.stop()
+
+
+def _grpc_inputs(frames: dict[str, np.ndarray]) -> list[grpcclient.InferInput]:
+    inputs = []
+    for name, array in frames.items():
+        datatype = "UINT8" if array.dtype == np.uint8 else "FP32"
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)  # gRPC sends raw bytes: binary tensors
+        inputs.append(tensor)
+    return inputs
+
+
+def test_load_infer_and_metrics(server, repository):
+    http = httpclient.InferenceServerClient(server.http_url)
+    assert not http.is_model_ready(MODEL)  # explicit model control: nothing loads by itself
+    started = time.monotonic()
+    http.load_model(MODEL)
+    print(f"load_model took {time.monotonic() - started:.2f} s")
+    assert http.is_model_ready(MODEL)
+
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    config = grpc.get_model_config(MODEL).config
+    assert config.max_batch_size == 8 and [i.name for i in config.input] == list(contract.INPUT_NAMES)
+
+    onnx_path = repository / MODEL / "1" / "model.onnx"
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    requests = [tiny_frames(batch, rng) for batch in (1, 2, 1, 3)]
+    results: dict[int, object] = {}
+    done = threading.Event()
+
+    def collect(index):
+        def callback(result, error):
+            results[index] = error if error is not None else result
+            if len(results) == len(requests):
+                done.set()
+        return callback
+
+    for index, frames in enumerate(requests):
+        grpc.async_infer(MODEL, _grpc_inputs(frames), collect(index),
+                         outputs=[grpcclient.InferRequestedOutput(contract.SEMANTICS)])
+    assert done.wait(30), f"only {len(results)} of {len(requests)} answers"
+    for index, frames in enumerate(requests):
+        result = results[index]
+        assert not isinstance(result, Exception), result
+        grid = result.as_numpy(contract.SEMANTICS)
+        assert grid.dtype == np.uint8 and grid.shape == (len(frames[contract.IMAGES]), 200, 200, 16)
+        np.testing.assert_array_equal(grid, session.run([contract.SEMANTICS], frames)[0])
+
+    stats = grpc.get_inference_statistics(MODEL).model_stats[0]
+    print(f"{stats.inference_count} frames in {stats.execution_count} executions")
+    assert stats.inference_count == 7  # frames, all batch sizes
+
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as answer:
+        metrics = answer.read().decode()
+    counts = re.findall(rf'^nv_inference_request_success{{model="{MODEL}",version="1"}} (\d+)', metrics, re.M)
+    assert counts == [str(len(requests))]
+
+
+def test_kill_ends_the_server_and_its_stubs(repository):
+    http_port, grpc_port, metrics_port = free_ports(3)
+    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                         load_models=(MODEL,))
+    triton.start()
+    try:
+        triton.wait_ready(timeout_s=60)
+        group = triton._process.pid
+        assert httpclient.InferenceServerClient(triton.http_url).is_model_ready(MODEL)
+    finally:
+        triton.kill()
+    assert not triton.is_ready()
+    assert live_processes_in_group(group) == []  # the python stub went with the server
+
+
+def live_processes_in_group(group: int) -> list[int]:
+    """Processes of a process group that are not zombies (a killed stub whose new parent, PID 1 in a
+    container, does not reap it stays a zombie: dead, but still listed)."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        state, pgid = fields[0], int(fields[2])
+        if pgid == group and state != "Z":
+            live.append(int(stat.parent.name))
+    return live
+
+
+def test_cli_runs_in_the_foreground_until_ctrl_c(repository):
+    http_port, grpc_port, metrics_port = free_ports(3)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "occ", "triton-local", "--repository", str(repository),
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+         "--load-model", MODEL],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("triton ready"), line
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").is_model_ready(MODEL)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/live", timeout=2)
