@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "serve": "service.cli",
     "synth": "training.data.synth_cli",
     "prepare": "training.data.prepare_cli",
+    "train": "training.train_cli",
+    "eval": "training.eval_cli",
     "triton-local": "service.triton_local_cli",
 }
 

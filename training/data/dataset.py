@@ -1,0 +1,232 @@
+"""The Occ3D training and evaluation dataset over the index JSON that `occ prepare` writes.
+
+One sample is one frame: six camera images (OpenCV decodes BGR; converted to RGB), their
+intrinsics and sensor2ego from the index, the image transform (BEVDet's augmentation in training,
+the deterministic test-time transform otherwise) as post_rot/post_tran, the BEV flip as `bda`,
+and the `labels.npz` ground truth flipped with it. Images stay uint8 until `SampleBatch.camera_batch`
+normalises them (on the training device: four times less to move), so the same samples feed the
+PyTorch model and the exported ONNX model, whose contract takes uint8 RGB.
+
+Augmentation randomness comes from a generator seeded by (seed, epoch, sample index), never from
+global state, so a sample is the same whichever worker loads it and a resumed run sees the same data.
+"""
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from occupancy.cameras import CAMERA_NAMES
+from occupancy.errors import InputError
+from occupancy.geometry import pose_matrix
+from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
+from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, apply_transform, bgr_to_rgb
+from training.batch import CameraBatch, OccupancyTargets
+from training.data.augment import (
+    AugmentConfig,
+    BevFlip,
+    eval_image_transform,
+    sample_bev_flip,
+    sample_image_transform,
+)
+
+INDEX_FORMAT = 1
+SPLITS = ("train", "val")
+
+
+def index_path(data_root: str | Path, split: str) -> Path:
+    """Where `occ prepare` writes a split's index: DATA_ROOT/occ_index_<split>.json."""
+    return Path(data_root) / f"occ_index_{split}.json"
+
+
+def load_index(data_root: str | Path, split: str) -> list[dict[str, Any]]:
+    """The samples of a split's index, ordered by scene then time; InputError if missing or malformed."""
+    if split not in SPLITS:
+        raise InputError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    path = index_path(data_root, split)
+    if not path.is_file():
+        raise InputError(f"{path}: no dataset index; run `occ prepare --data-root {data_root}` first")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable index JSON ({error})") from error
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "samples" not in index:
+        raise InputError(f"{path}: expected an index of format {INDEX_FORMAT} with `samples`; "
+                         f"rerun `occ prepare --data-root {data_root}`")
+    return index["samples"]
+
+
+@dataclass
+class Sample:
+    """One frame, ready for collation. N = 6 cameras in CAMERA_NAMES order, H x W the model input size."""
+
+    token: str
+    scene_name: str
+    images: Tensor  # N x 3 x H x W uint8 RGB, not normalised
+    intrinsics: Tensor  # N x 3 x 3 float32, source-image pixels
+    sensor2ego: Tensor  # N x 4 x 4 float32, camera -> ego
+    post_rots: Tensor  # N x 3 x 3 float32, source pixels -> input pixels
+    post_trans: Tensor  # N x 3 float32
+    bda: Tensor  # 3 x 3 float32, ego -> flipped ego
+    semantics: Tensor  # X x Y x Z uint8, in the flipped ego frame
+    mask_camera: Tensor  # X x Y x Z bool
+
+
+@dataclass
+class SampleBatch:
+    """B samples stacked along a new first dimension (same fields as `Sample`, tokens as lists)."""
+
+    tokens: list[str]
+    scene_names: list[str]
+    images: Tensor
+    intrinsics: Tensor
+    sensor2ego: Tensor
+    post_rots: Tensor
+    post_trans: Tensor
+    bda: Tensor
+    semantics: Tensor
+    mask_camera: Tensor
+
+    def camera_batch(self, device: torch.device | str = "cpu") -> CameraBatch:
+        """The model input on `device`, images normalised there with the ImageNet mean and std."""
+        return CameraBatch(
+            images=normalize_images(self.images.to(device, non_blocking=True)),
+            intrinsics=self.intrinsics.to(device, non_blocking=True),
+            sensor2ego=self.sensor2ego.to(device, non_blocking=True),
+            post_rots=self.post_rots.to(device, non_blocking=True),
+            post_trans=self.post_trans.to(device, non_blocking=True),
+            bda=self.bda.to(device, non_blocking=True),
+        )
+
+    def targets(self, device: torch.device | str = "cpu") -> OccupancyTargets:
+        """Labels as int64 class indices and a bool camera mask, on `device`."""
+        return OccupancyTargets(self.semantics.to(device, non_blocking=True).long(),
+                                self.mask_camera.to(device, non_blocking=True))
+
+    def contract_inputs(self) -> dict[str, np.ndarray]:
+        """The exported model's inputs (occupancy.model_contract): uint8 RGB images and float32 geometry."""
+        return {
+            IMAGES: self.images.numpy(),
+            INTRINSICS: self.intrinsics.numpy(),
+            SENSOR2EGO: self.sensor2ego.numpy(),
+            POST_ROTS: self.post_rots.numpy(),
+            POST_TRANS: self.post_trans.numpy(),
+        }
+
+    def pin_memory(self) -> "SampleBatch":
+        """Page-locked copies, so DataLoader(pin_memory=True) can overlap host-to-GPU copies."""
+        return SampleBatch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
+
+
+def _pin(value: Any) -> Any:
+    return value.pin_memory() if isinstance(value, Tensor) else value
+
+
+def collate(samples: list[Sample]) -> SampleBatch:
+    """Stack samples into a batch (the DataLoader's collate_fn)."""
+    tensors = {f.name: torch.stack([getattr(s, f.name) for s in samples])
+               for f in fields(Sample) if f.name not in ("token", "scene_name")}
+    return SampleBatch(tokens=[s.token for s in samples], scene_names=[s.scene_name for s in samples],
+                       **tensors)
+
+
+def normalize_images(images: Tensor) -> Tensor:
+    """uint8 RGB ... x 3 x H x W -> float32 normalised with the ImageNet mean and std (the reference's)."""
+    mean = images.new_tensor(IMAGENET_MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD_RGB, dtype=torch.float32).view(3, 1, 1)
+    return (images.float() - mean) / std
+
+
+class OccupancyDataset(Dataset):
+    """Frames of one split of a data root, as `Sample`s.
+
+    Args:
+        data_root: the folder holding `occ_index_<split>.json` and the files it names.
+        split: "train" or "val".
+        input_size: the model's input (H, W), e.g. (256, 704).
+        augment: the augmentation ranges, or None for the deterministic test-time transform and no flip.
+        seed: base seed of the augmentation; call `set_epoch` so each epoch draws new augmentations.
+    """
+
+    def __init__(self, data_root: str | Path, split: str, input_size: tuple[int, int],
+                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
+        self.data_root = Path(data_root)
+        self.split = split
+        self.input_size = tuple(input_size)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.samples = load_index(self.data_root, split)
+        self._check_files()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's augmentations (DataLoader workers copy the dataset when an epoch starts)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        entry = self.samples[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        images, post_rots, post_trans = [], [], []
+        for name in CAMERA_NAMES:
+            image = self._read_image(entry["cameras"][name]["image_path"])
+            source_size = image.shape[:2]
+            if self.augment:
+                transform = sample_image_transform(rng, source_size, self.input_size, self.augment)
+            else:
+                transform = eval_image_transform(source_size, self.input_size, AugmentConfig())
+            images.append(apply_transform(image, transform).transpose(2, 0, 1))
+            post_rots.append(transform.post_rot)
+            post_trans.append(transform.post_tran)
+        flip = sample_bev_flip(rng, self.augment) if self.augment else BevFlip()
+        semantics, mask_camera = read_labels(self.data_root / entry["occ_path"], flip)
+        cameras = [entry["cameras"][name] for name in CAMERA_NAMES]
+        return Sample(
+            token=entry["token"],
+            scene_name=entry["scene_name"],
+            images=torch.from_numpy(np.stack(images)),
+            intrinsics=torch.tensor([c["intrinsic"] for c in cameras], dtype=torch.float32),
+            sensor2ego=torch.from_numpy(np.stack([
+                pose_matrix(c["sensor2ego"]["translation"], c["sensor2ego"]["rotation"]) for c in cameras
+            ]).astype(np.float32)),
+            post_rots=torch.from_numpy(np.stack(post_rots)),
+            post_trans=torch.from_numpy(np.stack(post_trans)),
+            bda=torch.from_numpy(flip.matrix),
+            semantics=torch.from_numpy(semantics),
+            mask_camera=torch.from_numpy(mask_camera.astype(bool)),
+        )
+
+    def _check_files(self) -> None:
+        """Fail before training starts, naming the first missing file, rather than inside a worker."""
+        for entry in self.samples:
+            paths = [entry["cameras"][name]["image_path"] for name in CAMERA_NAMES] + [entry["occ_path"]]
+            for relative in paths:
+                if not (self.data_root / relative).is_file():
+                    raise InputError(f"{self.data_root / relative}: file missing (sample {entry['token']} "
+                                     f"of {index_path(self.data_root, self.split).name})")
+
+    def _read_image(self, relative: str) -> np.ndarray:
+        path = self.data_root / relative
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"{path}: missing or not a decodable image")
+        return bgr_to_rgb(image)
+
+
+def read_labels(path: Path, flip: BevFlip | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`semantics` and `mask_camera` (X x Y x Z uint8) of an Occ3D labels.npz, mirrored by `flip`."""
+    try:
+        with np.load(path) as labels:
+            semantics, mask_camera = labels["semantics"], labels["mask_camera"]
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: no semantics and mask_camera in this labels.npz ({error})") from error
+    flip = flip or BevFlip()
+    return flip.apply_to_grid(semantics.astype(np.uint8)), flip.apply_to_grid(mask_camera.astype(np.uint8))

@@ -1,0 +1,57 @@
+"""`occ eval`: Occ3D mIoU of a checkpoint, an exported ONNX model, or saved predictions."""
+
+import argparse
+from pathlib import Path
+
+HELP = "Evaluate occupancy (Occ3D per-class IoU and mIoU): a checkpoint, an ONNX model or saved predictions."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint of `occ train` or a reference one")
+    source.add_argument("--onnx", type=Path, help="an exported ONNX model (run with ONNX Runtime)")
+    source.add_argument("--pred-dir", type=Path, help="saved predictions <scene>/<token>/pred.npz")
+    parser.add_argument("--config", help="model config name (needed for reference checkpoints)")
+    parser.add_argument("--data-root", type=Path, help="data root with occ_index_<split>.json")
+    parser.add_argument("--gt-root", type=Path, help="with --pred-dir: <scene>/<token>/labels.npz")
+    parser.add_argument("--split", default="val", choices=("train", "val"), help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--save-preds", type=Path, help="store predictions as <dir>/<scene>/<token>/pred.npz")
+    parser.add_argument("--json", type=Path, help='write {"mIoU": ..., "per_class": {...}} (percent) here')
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from occupancy.errors import InputError
+    from training import evaluate
+
+    if args.pred_dir:
+        gt_root = args.gt_root or (args.data_root / "gts" if args.data_root else None)
+        if gt_root is None:
+            raise InputError("--pred-dir needs --gt-root (or --data-root, whose gts/ is used)")
+        metric = evaluate.evaluate_saved(gt_root, args.pred_dir)
+    else:
+        if args.data_root is None:
+            raise InputError("--data-root: required with --checkpoint or --onnx")
+
+        def loader(input_size: tuple[int, int]):
+            return evaluate.eval_loader(args.data_root, args.split, input_size, args.batch_size,
+                                        args.num_workers)
+
+        if args.onnx:
+            session = evaluate.onnx_session(args.onnx)
+            predictions = evaluate.predict_onnx(session, loader(evaluate.onnx_input_size(session)))
+        else:
+            model, config = evaluate.load_eval_model(args.checkpoint, args.config)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            predictions = evaluate.predict_torch(model, loader(config.input_size), device)
+        metric = evaluate.accumulate(predictions, args.save_preds)
+    print(metric.table())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(evaluate.metric_json(metric), indent=2) + "\n")
+    return 0

@@ -1,0 +1,504 @@
+"""Training: FlashOCC's recipe in plain PyTorch, with exact resume and torchrun data parallelism.
+
+The recipe (every FlashOCC occupancy config): AdamW lr 1e-4, weight decay 1e-2, gradients clipped
+to norm 5, a linear warm-up over 200 iterations from 0.001 x lr, then a constant lr (the configs'
+step at epoch 24 of 24 never fires), and MEGVII's EMA of the weights (decay 0.999 ramped by
+1 - exp(-updates / 2000), starting at 10560 updates). The EMA weights are the ones evaluated and
+exported, so a checkpoint's `state_dict` holds them and `train_state_dict` the raw weights.
+
+`train_step` is the one place where a step happens. Everything a run depends on lives in the
+checkpoint (weights, optimiser, scheduler, EMA, grad scaler, step and position within the epoch,
+RNG states), so 20 iterations + resume + 20 iterations equal 40 straight ones, bit for bit on a CPU.
+Under `torchrun --nproc_per_node=N` each process trains a shard (DistributedSampler) of a
+DistributedDataParallel model; only rank 0 writes files.
+"""
+
+import itertools
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from copy import deepcopy
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from occupancy.errors import InputError
+from training.data.augment import AugmentConfig
+from training.data.dataset import OccupancyDataset, SampleBatch, collate
+from training.models.checkpoint import load_checkpoint, read_checkpoint
+from training.models.configs import ModelConfig, build_model, get_config
+
+CHECKPOINT_FORMAT = 1
+log = logging.getLogger("occ.train")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Optimisation settings of a config; the defaults are FlashOCC's (flashocc-r50.py and siblings)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    grad_max_norm: float = 5.0
+    warmup_iters: int = 200
+    warmup_ratio: float = 0.001  # lr factor at iteration 0
+    ema_decay: float | None = 0.999  # None: no EMA
+    ema_init_updates: int = 10560  # MEGVIIEMAHook's init_updates: where the decay ramp starts
+    batch_size: int = 4  # per process (samples_per_gpu)
+    max_epochs: int = 24
+
+
+# demo-tiny learns from scratch in a few hundred CPU iterations: a larger lr, a short warm-up, and an
+# EMA whose ramp starts at 0 so that it follows the weights closely in short runs.
+RECIPES: dict[str, TrainRecipe] = {
+    "demo-tiny": TrainRecipe(lr=1e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=12),
+}
+
+
+def recipe_for(config_name: str) -> TrainRecipe:
+    return RECIPES.get(config_name, TrainRecipe())
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One run, as `occ train` takes it; None means the recipe's value."""
+
+    config: str
+    data_root: Path
+    work_dir: Path
+    max_epochs: int | None = None
+    max_iters: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    num_workers: int = 2
+    checkpoint_interval: int = 1000  # iterations; the last iteration always writes one
+    resume: bool = False  # continue from the newest checkpoint in work_dir
+    load_from: Path | None = None  # initial weights (ours or a reference checkpoint), strict
+    seed: int = 0
+    grad_checkpointing: bool = False
+    log_interval: int = 10
+    progress: bool = True  # tqdm bar on rank 0
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Distributed:
+    """Join the torchrun process group (NCCL on GPUs, gloo on CPUs), or run alone."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if world_size > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(int(os.environ.get("RANK", "0")), world_size, device)
+
+
+class ModelEMA:
+    """MEGVII's EMA (BEVDepth, FlashOCC's MEGVIIEMAHook) of every floating-point weight and buffer.
+
+    decay(n) = decay * (1 - exp(-n / 2000)) after n updates: it follows the weights early on.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, updates: int) -> None:
+        self.module = deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = self.decay * (1 - math.exp(-self.updates / 2000))
+        current = model.state_dict()
+        for name, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(decay).add_(current[name].detach(), alpha=1 - decay)
+
+    def state_dict(self) -> dict:
+        return {"state_dict": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["state_dict"])
+        self.updates = state["updates"]
+
+
+class LinearWarmup:
+    """lr factor of mmcv's linear warm-up: from `ratio` at iteration 0 to 1 at `iters`, then 1.
+
+    A class rather than a lambda so LambdaLR saves and restores it with the scheduler.
+    """
+
+    def __init__(self, iters: int, ratio: float) -> None:
+        self.iters = iters
+        self.ratio = ratio
+
+    def __call__(self, step: int) -> float:
+        if step >= self.iters:
+            return 1.0
+        return 1.0 - (1.0 - step / self.iters) * (1.0 - self.ratio)
+
+
+class SkipSampler(Sampler[int]):
+    """A sampler's indices without the first `skip`: resumes an epoch where the checkpoint left it."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+@dataclass
+class TrainState:
+    """Where the run stands: `step` iterations done, `batch` batches into epoch `epoch`."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+    history: list[tuple[int, float, float]] | None = None  # (step, mean loss, lr) per log interval
+
+
+@dataclass
+class Trainer:
+    """The pieces a step changes; `model` may be the DDP wrapper of `raw_model`."""
+
+    model: nn.Module
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: ModelEMA | None
+    autocast_dtype: torch.dtype | None  # None: fp32
+    grad_max_norm: float
+    device: torch.device
+
+
+def train_step(trainer: Trainer, batch: SampleBatch) -> Tensor:
+    """One optimisation step on a batch; returns the loss (a detached scalar tensor)."""
+    camera, targets = batch.camera_batch(trainer.device), batch.targets(trainer.device)
+    precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
+                 if trainer.autocast_dtype else nullcontext())
+    with precision:
+        logits = trainer.model(camera)
+    loss = trainer.raw_model.loss(logits.float(), targets)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
+    nn.utils.clip_grad_norm_(trainer.raw_model.parameters(), trainer.grad_max_norm)
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    if trainer.ema:
+        trainer.ema.update(trainer.raw_model)
+    return loss.detach()
+
+
+def model_config(options: TrainOptions) -> ModelConfig:
+    """The named config, with the backbone's gradient checkpointing switched on where asked."""
+    config = get_config(options.config)
+    if options.grad_checkpointing:
+        config = replace(config, backbone=replace(config.backbone, with_cp=True))
+    return config
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that have it, else fp16 (with loss scaling); fp32 on CPUs."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed) -> Trainer:
+    raw_model = build_model(model_config(options)).to(env.device)
+    if options.load_from:
+        load_checkpoint(raw_model, options.load_from)
+    model = raw_model
+    if env.world_size > 1:
+        model = DistributedDataParallel(raw_model, device_ids=[env.device.index] if env.device.type == "cuda"
+                                        else None)
+    optimizer = torch.optim.AdamW(raw_model.parameters(), lr=options.lr or recipe.lr,
+                                  weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmup(recipe.warmup_iters,
+                                                                          recipe.warmup_ratio))
+    precision = autocast_dtype(env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
+    ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
+    return Trainer(model, raw_model, optimizer, scheduler, scaler, ema, precision, recipe.grad_max_norm,
+                   env.device)
+
+
+def build_loader(dataset: OccupancyDataset, batch_size: int, options: TrainOptions, env: Distributed,
+                 ) -> tuple[DataLoader, DistributedSampler, SkipSampler]:
+    sampler = DistributedSampler(dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                 seed=options.seed, drop_last=True)
+    skipping = SkipSampler(sampler)
+    # Its own generator: the loader's worker seeds then leave the global torch RNG alone.
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=skipping, num_workers=options.num_workers,
+                        collate_fn=collate, drop_last=True, pin_memory=env.device.type == "cuda",
+                        generator=torch.Generator().manual_seed(options.seed))
+    return loader, sampler, skipping
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states as tensors and plain containers (loadable with weights_only)."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, *internal = state["python"]
+    random.setstate((version, tuple(internal[0]), internal[1]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(work_dir: Path, step: int) -> Path:
+    return work_dir / f"iter_{step:07d}.pt"
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    """The checkpoint with the most iterations in work_dir (temporary files never match)."""
+    found = sorted(work_dir.glob("iter_*.pt"))
+    return found[-1] if found else None
+
+
+def save_atomic(content: dict, path: Path) -> None:
+    """torch.save into a temporary file, then rename: the final name only ever holds a complete file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(content, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def checkpoint_content(trainer: Trainer, state: TrainState, options: TrainOptions) -> dict:
+    """What rebuilds the model (config name, nanoGPT style) and what resumes the run exactly."""
+    deployed = trainer.ema.module if trainer.ema else trainer.raw_model
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": options.config,
+        "state_dict": deployed.state_dict(),  # EMA weights where the recipe has an EMA
+        "train_state_dict": trainer.raw_model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "ema": trainer.ema.state_dict() if trainer.ema else None,
+        "step": state.step,
+        "epoch": state.epoch,
+        "batch": state.batch,
+        "history": state.history,
+        "rng": rng_state(),
+        "options": {key: str(value) if isinstance(value, Path) else value
+                    for key, value in asdict(options).items()},
+    }
+
+
+def restore(trainer: Trainer, path: Path, config_name: str) -> TrainState:
+    """Load a training checkpoint into the trainer and the RNGs; returns where the run stood."""
+    content = read_checkpoint(path)
+    if content.get("format") != CHECKPOINT_FORMAT or "train_state_dict" not in content:
+        raise InputError(f"checkpoint {path}: not a training checkpoint of `occ train`; use --load-from")
+    if content["config"] != config_name:
+        raise InputError(f"checkpoint {path}: trained config {content['config']!r}, not {config_name!r}")
+    trainer.raw_model.load_state_dict(content["train_state_dict"])
+    trainer.optimizer.load_state_dict(content["optimizer"])
+    trainer.scheduler.load_state_dict(content["scheduler"])
+    trainer.scaler.load_state_dict(content["scaler"])
+    if trainer.ema and content["ema"]:
+        trainer.ema.load_state_dict(content["ema"])
+    set_rng_state(content["rng"])
+    return TrainState(content["step"], content["epoch"], content["batch"], content["history"] or [])
+
+
+def total_iterations(options: TrainOptions, recipe: TrainRecipe, iters_per_epoch: int) -> int:
+    if options.max_iters is not None:
+        return options.max_iters
+    return (options.max_epochs or recipe.max_epochs) * iters_per_epoch
+
+
+def train(options: TrainOptions) -> Path:
+    """Run (or resume) a training; returns the final checkpoint's path."""
+    env = init_distributed()
+    try:
+        return _train(options, env)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(options: TrainOptions, env: Distributed) -> Path:
+    recipe = recipe_for(options.config)
+    config = model_config(options)
+    batch_size = options.batch_size or recipe.batch_size
+    dataset = OccupancyDataset(options.data_root, "train", config.input_size, AugmentConfig(), options.seed)
+    loader, sampler, skipping = build_loader(dataset, batch_size, options, env)
+    iters_per_epoch = len(sampler) // batch_size
+    if iters_per_epoch == 0:
+        raise InputError(f"{options.data_root}: {len(dataset)} training samples make no batch of "
+                         f"{batch_size} on each of {env.world_size} processes")
+    max_iters = total_iterations(options, recipe, iters_per_epoch)
+
+    seed_everything(options.seed)  # same initial weights on every rank
+    trainer = build_trainer(options, recipe, env)
+    state = TrainState(history=[])
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    if options.resume:
+        resume_from = latest_checkpoint(options.work_dir)
+        if resume_from is None:
+            raise InputError(f"{options.work_dir}: no checkpoint (iter_*.pt) to resume from")
+        state = restore(trainer, resume_from, options.config)
+
+    logger = RunLogger(options.work_dir, env.is_main, state.step, max_iters, options.progress)
+    logger.text(f"config {options.config}, {len(dataset)} samples, {env.world_size} process(es) x batch "
+                f"{batch_size}, {iters_per_epoch} iterations per epoch, {max_iters} iterations, "
+                f"device {env.device}, precision {trainer.autocast_dtype or torch.float32}")
+    trainer.model.train()
+    final = checkpoint_path(options.work_dir, state.step)
+    interval_losses: list[Tensor] = []
+    while state.step < max_iters:
+        sampler.set_epoch(state.epoch)
+        dataset.set_epoch(state.epoch)
+        skipping.skip = state.batch * batch_size
+        started = time.perf_counter()
+        for batch in loader:
+            interval_losses.append(train_step(trainer, batch))
+            state.step += 1
+            state.batch += 1
+            if state.batch == iters_per_epoch:
+                state.epoch, state.batch = state.epoch + 1, 0
+            logger.tick()
+            if state.step % options.log_interval == 0 or state.step == max_iters:
+                mean_loss = mean_across_ranks(torch.stack(interval_losses).mean(), env)
+                lr = trainer.optimizer.param_groups[0]["lr"]
+                seconds = (time.perf_counter() - started) / len(interval_losses)
+                state.history.append((state.step, mean_loss, lr))
+                logger.scalars(state.step, mean_loss, lr, seconds, state.epoch)
+                interval_losses, started = [], time.perf_counter()
+            if state.step % options.checkpoint_interval == 0 or state.step == max_iters:
+                final = checkpoint_path(options.work_dir, state.step)
+                if env.is_main:
+                    save_atomic(checkpoint_content(trainer, state, options), final)
+                    logger.text(f"saved {final}")
+            if state.step == max_iters:
+                break
+    logger.close(state.history)
+    return final
+
+
+def mean_across_ranks(value: Tensor, env: Distributed) -> float:
+    if env.world_size > 1:
+        value = value.clone().to(env.device)
+        dist.all_reduce(value)
+        value /= env.world_size
+    return float(value)
+
+
+class RunLogger:
+    """Rank 0's outputs: a plain text log, TensorBoard scalars, a tqdm bar and the loss curve PNG."""
+
+    def __init__(self, work_dir: Path, enabled: bool, step: int, max_iters: int, progress: bool) -> None:
+        self.work_dir = work_dir
+        self.enabled = enabled
+        self.bar = self.writer = self.log_file = None
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.log_file = open(work_dir / "train.log", "a")  # noqa: SIM115 (open for the whole run)
+        self.writer = SummaryWriter(str(work_dir / "tensorboard"))
+        self.bar = tqdm(total=max_iters, initial=step, desc="occ train", unit="it", disable=not progress)
+
+    def text(self, message: str) -> None:
+        if self.enabled:
+            line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
+            log.info(message)
+
+    def tick(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def scalars(self, step: int, loss: float, lr: float, seconds_per_iter: float, epoch: int) -> None:
+        if not self.enabled:
+            return
+        self.writer.add_scalar("train/loss", loss, step)
+        self.writer.add_scalar("train/lr", lr, step)
+        self.writer.add_scalar("train/seconds_per_iter", seconds_per_iter, step)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        self.text(f"step {step} epoch {epoch} loss {loss:.5f} lr {lr:.3e} {seconds_per_iter:.3f} s/it")
+
+    def close(self, history: list[tuple[int, float, float]]) -> None:
+        if not self.enabled:
+            return
+        self.bar.close()
+        self.writer.close()
+        if history:
+            plot_curve(history, self.work_dir / "training_curve.png")
+        self.log_file.close()
+
+
+def plot_curve(history: list[tuple[int, float, float]], path: Path) -> None:
+    """Loss and learning rate against iterations, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, losses, lrs = zip(*history, strict=True)
+    figure, (loss_axis, lr_axis) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    loss_axis.plot(steps, losses)
+    loss_axis.set_ylabel("loss")
+    loss_axis.grid(alpha=0.3)
+    lr_axis.plot(steps, lrs)
+    lr_axis.set_ylabel("learning rate")
+    lr_axis.set_xlabel("iteration")
+    lr_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
