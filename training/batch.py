@@ -27,10 +27,12 @@ class CameraBatch:
 
 @dataclass
 class OccupancyTargets:
-    """Occ3D ground truth for a batch."""
+    """Occ3D ground truth for a batch, and sparse depth for depth supervision where the data has it."""
 
     semantics: Tensor  # B x X x Y x Z, int64 class indices
     mask_camera: Tensor  # B x X x Y x Z, bool: voxels visible from the cameras
+    gt_depth: Tensor | None = None  # B x N x H x W float metres along the optical axis, 0 = no point
 
     def to(self, device: torch.device | str) -> "OccupancyTargets":
-        return OccupancyTargets(self.semantics.to(device), self.mask_camera.to(device))
+        gt_depth = None if self.gt_depth is None else self.gt_depth.to(device)
+        return OccupancyTargets(self.semantics.to(device), self.mask_camera.to(device), gt_depth)

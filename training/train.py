@@ -195,16 +195,22 @@ class Trainer:
     autocast_dtype: torch.dtype | None  # None: fp32
     grad_max_norm: float
     device: torch.device
+    depth_loss_weight: float = 0.0  # the config's; > 0 adds the depth loss where batches carry gt_depth
 
 
-def train_step(trainer: Trainer, batch: SampleBatch) -> Tensor:
-    """One optimisation step on a batch; returns the loss (a detached scalar tensor)."""
+def train_step(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
+    """One optimisation step on a batch; returns detached scalar losses: `loss` (the one optimised),
+    `loss_occ` and, where depth supervision applies, `loss_depth` (already weighted)."""
     camera, targets = batch.camera_batch(trainer.device), batch.targets(trainer.device)
     precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
                  if trainer.autocast_dtype else nullcontext())
     with precision:
-        logits = trainer.model(camera)
-    loss = trainer.raw_model.loss(logits.float(), targets)
+        logits, depth = trainer.model(camera, return_depth=True)
+    losses = {"loss_occ": trainer.raw_model.loss(logits.float(), targets)}
+    if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
+        depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
+        losses["loss_depth"] = trainer.depth_loss_weight * depth_loss
+    loss = sum(losses.values())
     trainer.optimizer.zero_grad(set_to_none=True)
     trainer.scaler.scale(loss).backward()
     trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
@@ -214,7 +220,7 @@ def train_step(trainer: Trainer, batch: SampleBatch) -> Tensor:
     trainer.scheduler.step()
     if trainer.ema:
         trainer.ema.update(trainer.raw_model)
-    return loss.detach()
+    return {name: value.detach() for name, value in {"loss": loss, **losses}.items()}
 
 
 def model_config(options: TrainOptions) -> ModelConfig:
@@ -233,7 +239,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed) -> Trainer:
-    raw_model = build_model(model_config(options)).to(env.device)
+    config = model_config(options)
+    raw_model = build_model(config).to(env.device)
     if options.load_from:
         load_checkpoint(raw_model, options.load_from)
     model = raw_model
@@ -248,7 +255,7 @@ def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed) 
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
     ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
     return Trainer(model, raw_model, optimizer, scheduler, scaler, ema, precision, recipe.grad_max_norm,
-                   env.device)
+                   env.device, config.depth_loss_weight)
 
 
 def build_loader(dataset: OccupancyDataset, batch_size: int, options: TrainOptions, env: Distributed,
@@ -374,7 +381,8 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     recipe = recipe_for(options.config)
     config = model_config(options)
     batch_size = options.batch_size or recipe.batch_size
-    dataset = OccupancyDataset(options.data_root, "train", config.input_size, AugmentConfig(), options.seed)
+    dataset = OccupancyDataset(options.data_root, "train", config.input_size, AugmentConfig(), options.seed,
+                               depth=config.depth_loss_weight > 0)
     loader, sampler, skipping = build_loader(dataset, batch_size, options, env)
     iters_per_epoch = len(sampler) // batch_size
     if iters_per_epoch == 0:
@@ -398,7 +406,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
                 f"device {env.device}, precision {trainer.autocast_dtype or torch.float32}")
     trainer.model.train()
     final = checkpoint_path(options.work_dir, state.step)
-    interval_losses: list[Tensor] = []
+    interval_losses: list[dict[str, Tensor]] = []
     while state.step < max_iters:
         sampler.set_epoch(state.epoch)
         dataset.set_epoch(state.epoch)
@@ -412,11 +420,12 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
                 state.epoch, state.batch = state.epoch + 1, 0
             logger.tick()
             if state.step % options.log_interval == 0 or state.step == max_iters:
-                mean_loss = mean_across_ranks(torch.stack(interval_losses).mean(), env)
+                means = {name: mean_across_ranks(torch.stack([s[name] for s in interval_losses]).mean(), env)
+                         for name in interval_losses[-1]}
                 lr = trainer.optimizer.param_groups[0]["lr"]
                 seconds = (time.perf_counter() - started) / len(interval_losses)
-                state.history.append((state.step, mean_loss, lr))
-                logger.scalars(state.step, mean_loss, lr, seconds, state.epoch)
+                state.history.append((state.step, means["loss"], lr))
+                logger.scalars(state.step, means, lr, seconds, state.epoch)
                 interval_losses, started = [], time.perf_counter()
             if state.step % options.checkpoint_interval == 0 or state.step == max_iters:
                 final = checkpoint_path(options.work_dir, state.step)
@@ -464,14 +473,19 @@ class RunLogger:
         if self.bar is not None:
             self.bar.update(1)
 
-    def scalars(self, step: int, loss: float, lr: float, seconds_per_iter: float, epoch: int) -> None:
+    def scalars(self, step: int, losses: dict[str, float], lr: float, seconds_per_iter: float, epoch: int,
+                ) -> None:
+        """`losses` holds `loss` (the total) and its parts (`loss_occ`, `loss_depth`)."""
         if not self.enabled:
             return
-        self.writer.add_scalar("train/loss", loss, step)
+        for name, value in losses.items():
+            self.writer.add_scalar(f"train/{name}", value, step)
         self.writer.add_scalar("train/lr", lr, step)
         self.writer.add_scalar("train/seconds_per_iter", seconds_per_iter, step)
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        self.text(f"step {step} epoch {epoch} loss {loss:.5f} lr {lr:.3e} {seconds_per_iter:.3f} s/it")
+        self.bar.set_postfix(loss=f"{losses['loss']:.4f}", lr=f"{lr:.2e}")
+        parts = " ".join(f"{name} {value:.5f}" for name, value in losses.items() if name != "loss")
+        self.text(f"step {step} epoch {epoch} loss {losses['loss']:.5f} ({parts}) lr {lr:.3e} "
+                  f"{seconds_per_iter:.3f} s/it")
 
     def close(self, history: list[tuple[int, float, float]]) -> None:
         if not self.enabled:

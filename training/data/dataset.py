@@ -26,7 +26,14 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
 from occupancy.geometry import pose_matrix
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
-from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, apply_transform, bgr_to_rgb
+from occupancy.preprocess import (
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    ImageTransform,
+    Size,
+    apply_transform,
+    bgr_to_rgb,
+)
 from training.batch import CameraBatch, OccupancyTargets
 from training.data.augment import (
     AugmentConfig,
@@ -76,6 +83,7 @@ class Sample:
     bda: Tensor  # 3 x 3 float32, ego -> flipped ego
     semantics: Tensor  # X x Y x Z uint8, in the flipped ego frame
     mask_camera: Tensor  # X x Y x Z bool
+    gt_depth: Tensor | None = None  # N x H x W float32 metres at input pixels, 0 = no point; None: no labels
 
 
 @dataclass
@@ -92,6 +100,7 @@ class SampleBatch:
     bda: Tensor
     semantics: Tensor
     mask_camera: Tensor
+    gt_depth: Tensor | None = None
 
     def camera_batch(self, device: torch.device | str = "cpu") -> CameraBatch:
         """The model input on `device`, images normalised there with the ImageNet mean and std."""
@@ -105,9 +114,10 @@ class SampleBatch:
         )
 
     def targets(self, device: torch.device | str = "cpu") -> OccupancyTargets:
-        """Labels as int64 class indices and a bool camera mask, on `device`."""
+        """Labels as int64 class indices and a bool camera mask (and the depth maps if any), on `device`."""
+        gt_depth = None if self.gt_depth is None else self.gt_depth.to(device, non_blocking=True)
         return OccupancyTargets(self.semantics.to(device, non_blocking=True).long(),
-                                self.mask_camera.to(device, non_blocking=True))
+                                self.mask_camera.to(device, non_blocking=True), gt_depth)
 
     def contract_inputs(self) -> dict[str, np.ndarray]:
         """The exported model's inputs (occupancy.model_contract): uint8 RGB images and float32 geometry."""
@@ -129,9 +139,11 @@ def _pin(value: Any) -> Any:
 
 
 def collate(samples: list[Sample]) -> SampleBatch:
-    """Stack samples into a batch (the DataLoader's collate_fn)."""
+    """Stack samples into a batch (the DataLoader's collate_fn); gt_depth only if every sample has one."""
     tensors = {f.name: torch.stack([getattr(s, f.name) for s in samples])
-               for f in fields(Sample) if f.name not in ("token", "scene_name")}
+               for f in fields(Sample) if f.name not in ("token", "scene_name", "gt_depth")}
+    if all(s.gt_depth is not None for s in samples):
+        tensors["gt_depth"] = torch.stack([s.gt_depth for s in samples])
     return SampleBatch(tokens=[s.token for s in samples], scene_names=[s.scene_name for s in samples],
                        **tensors)
 
@@ -152,15 +164,18 @@ class OccupancyDataset(Dataset):
         input_size: the model's input (H, W), e.g. (256, 704).
         augment: the augmentation ranges, or None for the deterministic test-time transform and no flip.
         seed: base seed of the augmentation; call `set_epoch` so each epoch draws new augmentations.
+        depth: also load the sparse per-camera depth of samples whose index entry has `labels_2d`
+            (the synthetic data's; real nuScenes roots have none) as `Sample.gt_depth`.
     """
 
     def __init__(self, data_root: str | Path, split: str, input_size: tuple[int, int],
-                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
+                 augment: AugmentConfig | None = None, seed: int = 0, depth: bool = False) -> None:
         self.data_root = Path(data_root)
         self.split = split
         self.input_size = tuple(input_size)
         self.augment = augment
         self.seed = seed
+        self.depth = depth
         self.epoch = 0
         self.samples = load_index(self.data_root, split)
         self._check_files()
@@ -175,7 +190,7 @@ class OccupancyDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         entry = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        images, post_rots, post_trans = [], [], []
+        images, post_rots, post_trans, transforms = [], [], [], []
         for name in CAMERA_NAMES:
             image = self._read_image(entry["cameras"][name]["image_path"])
             source_size = image.shape[:2]
@@ -186,6 +201,7 @@ class OccupancyDataset(Dataset):
             images.append(apply_transform(image, transform).transpose(2, 0, 1))
             post_rots.append(transform.post_rot)
             post_trans.append(transform.post_tran)
+            transforms.append(transform)
         flip = sample_bev_flip(rng, self.augment) if self.augment else BevFlip()
         semantics, mask_camera = read_labels(self.data_root / entry["occ_path"], flip)
         cameras = [entry["cameras"][name] for name in CAMERA_NAMES]
@@ -202,12 +218,28 @@ class OccupancyDataset(Dataset):
             bda=torch.from_numpy(flip.matrix),
             semantics=torch.from_numpy(semantics),
             mask_camera=torch.from_numpy(mask_camera.astype(bool)),
+            gt_depth=self._depth_maps(entry, transforms) if self.depth and "labels_2d" in entry else None,
         )
+
+    def _depth_maps(self, entry: dict[str, Any], transforms: list[ImageTransform]) -> Tensor:
+        """N x H x W depth maps at input pixels from the entry's labels_2d, via each camera's transform."""
+        maps = []
+        for name, transform in zip(CAMERA_NAMES, transforms, strict=True):
+            path = self.data_root / entry["labels_2d"][name]
+            try:
+                with np.load(path) as labels:
+                    uv, depth = labels["uv"], labels["depth"]
+            except (OSError, KeyError, ValueError) as error:
+                raise InputError(f"{path}: no uv and depth in this 2D labels .npz ({error})") from error
+            maps.append(depth_map(uv, depth, transform, self.input_size))
+        return torch.from_numpy(np.stack(maps))
 
     def _check_files(self) -> None:
         """Fail before training starts, naming the first missing file, rather than inside a worker."""
         for entry in self.samples:
             paths = [entry["cameras"][name]["image_path"] for name in CAMERA_NAMES] + [entry["occ_path"]]
+            if self.depth:
+                paths += list(entry.get("labels_2d", {}).values())
             for relative in paths:
                 if not (self.data_root / relative).is_file():
                     raise InputError(f"{self.data_root / relative}: file missing (sample {entry['token']} "
@@ -230,3 +262,19 @@ def read_labels(path: Path, flip: BevFlip | None = None) -> tuple[np.ndarray, np
         raise InputError(f"{path}: no semantics and mask_camera in this labels.npz ({error})") from error
     flip = flip or BevFlip()
     return flip.apply_to_grid(semantics.astype(np.uint8)), flip.apply_to_grid(mask_camera.astype(np.uint8))
+
+
+def depth_map(uv: np.ndarray, depth: np.ndarray, transform: ImageTransform, input_size: Size) -> np.ndarray:
+    """H x W float32 map of sparse depths (BEVDet's `PointToMultiViewDepth`): each point's source pixel
+    `uv` (P x 2, continuous (u, v)) goes through the image transform; the pixel it falls in (pixel
+    [i, j] covers [j, j + 1) x [i, i + 1)) keeps the nearest depth. 0 = no point.
+
+    Depth along the optical axis is unchanged by resize, crop, flip and in-plane rotation.
+    """
+    height, width = input_size
+    pixels = np.floor(transform.apply_to_points(uv)).astype(np.int64)
+    keep = ((depth > 0) & (pixels[:, 0] >= 0) & (pixels[:, 0] < width)
+            & (pixels[:, 1] >= 0) & (pixels[:, 1] < height))
+    nearest = np.full((height, width), np.inf, np.float32)
+    np.minimum.at(nearest, (pixels[keep, 1], pixels[keep, 0]), depth[keep].astype(np.float32))
+    return np.where(np.isinf(nearest), 0.0, nearest).astype(np.float32)

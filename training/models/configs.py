@@ -73,6 +73,7 @@ class ModelConfig:
     bev_channels: int = 64  # view transformer output per Z slice (the reference's numC_Trans)
     upsample_bev: bool = False  # bilinear x2 before the head (BEVDetOCC's `upsample`)
     class_balance: bool = False
+    depth_loss_weight: float = 0.0  # BEVDepth's loss_depth_weight; 0: no depth supervision
 
 
 def build_model(config: ModelConfig) -> OccupancyModel:
@@ -167,6 +168,7 @@ CONFIGS: dict[str, ModelConfig] = {
                                            neck_channels=32, extra_upsample=None, head_channels=32),
             upsample_bev=True,
             class_balance=True,
+            depth_loss_weight=3.0,  # BEVDepth's: sparse depth from the data's labels_2d
         ),
     )
 }

@@ -58,13 +58,22 @@ class OccupancyModel(nn.Module):
             bev = F.interpolate(bev, scale_factor=2, mode="bilinear", align_corners=True)
         return bev, depth
 
-    def forward(self, batch: CameraBatch) -> Tensor:
-        """Logits B x X x Y x Z x classes over the Occ3D grid (ego frame, indexed [x, y, z])."""
-        return self.occ_head(self.encode_bev(batch)[0])
+    def forward(self, batch: CameraBatch, return_depth: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits B x X x Y x Z x classes over the Occ3D grid (ego frame, indexed [x, y, z]); with
+        `return_depth` also the depth probabilities B x N x D x fH x fW, for depth supervision (a
+        keyword of `forward` rather than another method so DistributedDataParallel sees the call)."""
+        bev, depth = self.encode_bev(batch)
+        logits = self.occ_head(bev)
+        return (logits, depth) if return_depth else logits
 
     def loss(self, logits: Tensor, targets: OccupancyTargets) -> Tensor:
         """Scalar training loss of `forward`'s logits (the head's camera-masked cross-entropy)."""
         return self.occ_head.loss(logits, targets)
+
+    def depth_loss(self, depth: Tensor, gt_depth: Tensor) -> Tensor:
+        """Unweighted BEVDepth depth loss of `forward`'s depth against B x N x H x W input-resolution
+        depths in metres (0 = no point)."""
+        return self.img_view_transformer.get_depth_loss(gt_depth, depth)
 
     def predict(self, batch: CameraBatch) -> Tensor:
         """Class index per voxel, B x X x Y x Z int64."""

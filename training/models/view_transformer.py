@@ -12,6 +12,7 @@ z axis, are carried back to source-image pixels (inverse post_rot/post_tran), in
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.batch import CameraBatch
@@ -72,6 +73,51 @@ def _transform(matrix: Tensor, points: Tensor) -> Tensor:
     return (points.unsqueeze(-2) @ matrix[:, :, None, None, None].transpose(-1, -2)).squeeze(-2)
 
 
+def downsample_gt_depth(gt_depth: Tensor, downsample: int) -> Tensor:
+    """The nearest depth of each downsample x downsample patch: B x N x H x W -> B x N x H/ds x W/ds
+    metres, 0 where the patch has no point (0 marks "no point" in the input too). BEVDepth's
+    `get_downsampled_gt_depth` before its binning."""
+    b, n, height, width = gt_depth.shape
+    patches = gt_depth.view(b, n, height // downsample, downsample, width // downsample, downsample)
+    patches = torch.where(patches > 0, patches, torch.full_like(patches, torch.inf))
+    nearest = patches.amin(dim=(3, 5))
+    return torch.where(torch.isinf(nearest), torch.zeros_like(nearest), nearest)
+
+
+def depth_bin_targets(depth: Tensor, depth_bins: DepthBins, sid: bool = False) -> Tensor:
+    """One-hot depth bins ... x D (float) of depths ... in metres; all zeros where the depth is 0 or
+    outside the bins. Bin i covers [d_i, d_i + step) with d_i the frustum's i-th depth, the
+    reference's `(d - (lower - step)) / step` truncated, with bin 0 of its D + 1 dropped."""
+    count = depth_bins.count
+    if sid:
+        ratio = torch.log(torch.tensor((depth_bins.upper - 1) / depth_bins.lower))
+        position = torch.log(depth / depth_bins.lower) * (count - 1) / ratio + 1
+    else:
+        position = (depth - (depth_bins.lower - depth_bins.step)) / depth_bins.step
+    valid = (position >= 1) & (position < count + 1)  # log(0) = -inf under sid fails too
+    index = torch.where(valid, position, torch.zeros_like(position)).long()
+    return F.one_hot(index, count + 1)[..., 1:].float()
+
+
+def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsample: int, sid: bool = False,
+               ) -> Tensor:
+    """BEVDepth's `get_depth_loss` without its weight: binary cross-entropy between the predicted
+    depth probabilities and the one-hot bins of the nearest point, summed over bins and averaged
+    over the feature pixels that have a target (pixels without one give no gradient).
+
+    Args:
+        depth: B x N x D x fH x fW softmax probabilities (the view transformer's second output).
+        gt_depth: B x N x H x W depths at input resolution, metres along the optical axis, 0 = no point.
+    """
+    target = depth_bin_targets(downsample_gt_depth(gt_depth, downsample), depth_bins, sid)  # B N fH fW D
+    prediction = depth.float().permute(0, 1, 3, 4, 2)
+    foreground = target.amax(-1) > 0
+    # BCE on probabilities is unsafe under autocast; it runs in fp32.
+    with torch.autocast(depth.device.type, enabled=False):
+        loss = F.binary_cross_entropy(prediction[foreground], target[foreground], reduction="sum")
+    return loss / foreground.sum().clamp(min=1)
+
+
 class LSSViewTransformer(nn.Module):
     """Predicts a depth distribution and a context feature per image-feature pixel and splats
     their outer product into a voxel grid (BEVPoolv2's sum, through `bev_pool`).
@@ -105,6 +151,7 @@ class LSSViewTransformer(nn.Module):
         self.out_channels = out_channels
         self.collapse_z = collapse_z
         self.sid = sid
+        self.depth_bins = depth_bins
         self.D = depth_bins.count
         # Not in the state dict: the reference keeps these as plain attributes.
         lower, interval = [[axis[i] for axis in (grid.x, grid.y, grid.z)] for i in (0, 2)]
@@ -176,3 +223,7 @@ class LSSViewTransformer(nn.Module):
         if self.collapse_z:
             bev_feat = bev_feat.permute(0, 2, 1, 3, 4).flatten(1, 2)
         return bev_feat, depth
+
+    def get_depth_loss(self, gt_depth: Tensor, depth: Tensor) -> Tensor:
+        """`depth_loss` of `forward`'s depth against B x N x H x W input-resolution depths (0 = none)."""
+        return depth_loss(depth, gt_depth, self.depth_bins, self.downsample, self.sid)
