@@ -12,22 +12,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: %(default)s)")
     parser.add_argument("--repository", help="model repository (default: the repo's model_repository/)")
     parser.add_argument("--model", help="default model, served when a request names none")
-    parser.add_argument("--backend", choices=["embedded"], help="where models run (default: embedded)")
+    parser.add_argument("--backend", choices=["embedded", "triton"],
+                        help="where models run: in this process, or on a Triton server (default: embedded)")
+    parser.add_argument("--triton-url", metavar="HOST:PORT",
+                        help="with --backend triton: Triton's gRPC endpoint (default: 127.0.0.1:8001)")
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.backends.triton import TritonBackend
     from service.core.config import Settings
     from service.repository import require_models
 
     # The workers build their apps from the environment (uvicorn's factory), so the flags go there.
     flags = {"OCC_MODEL_REPOSITORY": args.repository, "OCC_DEFAULT_MODEL": args.model,
-             "OCC_BACKEND": args.backend}
+             "OCC_BACKEND": args.backend, "OCC_TRITON_URL": args.triton_url}
     os.environ.update({name: str(value) for name, value in flags.items() if value is not None})
     settings = Settings()
     # Fail here, with one line, rather than in every worker's lifespan with a traceback.
-    require_models(settings.model_repository, settings.default_model)
+    if settings.backend == "embedded":
+        require_models(settings.model_repository, settings.default_model)
+    else:
+        TritonBackend.load(settings)
     uvicorn.run("service.main:create_app_from_env", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info")
     return 0

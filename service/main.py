@@ -19,6 +19,7 @@ from service.api.deps import require_api_key
 from service.api.routes import health, models, predict
 from service.backends.base import Backend
 from service.backends.embedded import EmbeddedBackend
+from service.backends.triton import TritonBackend
 from service.core.admission import Admission
 from service.core.config import Settings
 from service.core.metrics import Metrics
@@ -28,7 +29,7 @@ from service.request_body import PredictJSONBody
 log = logging.getLogger("service")
 
 BackendFactory = Callable[[Settings], Backend]
-BACKENDS: dict[str, BackendFactory] = {"embedded": EmbeddedBackend.load}
+BACKENDS: dict[str, BackendFactory] = {"embedded": EmbeddedBackend.load, "triton": TritonBackend.load}
 
 
 def create_app(settings: Settings | None = None, build_backend: BackendFactory | None = None) -> FastAPI:
@@ -66,10 +67,8 @@ def create_app_from_env() -> FastAPI:
 
 
 def _state(settings: Settings, backend: Backend) -> AppState:
-    metrics = Metrics()
-    for model in backend.models.values():
-        metrics.model_info.labels(name=model.name, version=model.version, backend=backend.kind,
-                                  config=model.config).set(1)
+    metrics = Metrics(backend.kind)
+    metrics.follow_models(lambda: backend.models)
     default = settings.default_model or min(backend.models)
     log.info("serving %s with backend %s (default %s)", sorted(backend.models), backend.kind, default)
     admission = Admission(settings.max_concurrent, settings.max_queue, metrics)

@@ -401,13 +401,13 @@ def test_metrics_after_a_request(settings, frame):
         assert post_frame(fresh, *frame).status_code == 200
         assert post_frame(fresh, *frame, params={"model": "nope"}).status_code == 404
         text = fresh.get("/metrics").text
-    assert 'occ_requests_total{encoding="dense",model="fake",status="200"} 1.0' in text
-    assert 'occ_requests_total{encoding="dense",model="unknown",status="404"} 1.0' in text
-    assert 'occ_frames_total{model="fake"} 1.0' in text
+    assert 'occ_requests_total{backend="embedded",encoding="dense",model="fake",status="200"} 1.0' in text
+    assert 'occ_requests_total{backend="embedded",encoding="dense",model="unknown",status="404"} 1.0' in text
+    assert 'occ_frames_total{backend="embedded",model="fake"} 1.0' in text
     for stage in ("decode", "preprocess", "inference", "encode", "total"):
-        assert f'occ_stage_latency_seconds_count{{stage="{stage}"}} 1.0' in text
-    assert 'occ_stage_latency_seconds_bucket{le="0.001",stage="total"}' in text
-    assert 'occ_stage_latency_seconds_bucket{le="30.0",stage="total"} 1.0' in text
+        assert f'occ_stage_latency_seconds_count{{backend="embedded",stage="{stage}"}} 1.0' in text
+    assert 'occ_stage_latency_seconds_bucket{backend="embedded",le="0.001",stage="total"}' in text
+    assert 'occ_stage_latency_seconds_bucket{backend="embedded",le="30.0",stage="total"} 1.0' in text
     assert 'occ_model_info{backend="embedded",config="test-fake",name="fake",version="3"} 1.0' in text
 
 

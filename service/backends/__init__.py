@@ -1,1 +1,1 @@
-"""Inference backends: where the exported model runs (in-process ONNX Runtime now, Triton later)."""
+"""Inference backends: where the exported model runs (in-process ONNX Runtime, or Triton over gRPC)."""

@@ -62,6 +62,18 @@ def served_model_from_metadata(
     return model
 
 
+@dataclass(frozen=True)
+class Inference:
+    """One batch's answer and the model version that computed it (it may change between requests)."""
+
+    semantics: np.ndarray  # uint8 [B, X, Y, Z]
+    model: ServedModel
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot answer now (e.g. Triton is down or restarting): the request may be retried."""
+
+
 class Backend(ABC):
     """Runs served models on already preprocessed tensors (the names of `occupancy.model_contract`)."""
 
@@ -70,11 +82,14 @@ class Backend(ABC):
     @property
     @abstractmethod
     def models(self) -> Mapping[str, ServedModel]:
-        """The served models by name, one version each."""
+        """The served models by name, each at the version served now (it follows new versions)."""
 
     @abstractmethod
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """`semantics` (uint8 [B, X, Y, Z]) of one batch; must not block the event loop."""
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Inference:
+        """`semantics` of one batch and the version that answered; must not block the event loop.
+
+        Raises BackendUnavailable when the backend cannot answer now, TimeoutError when it did not in time.
+        """
 
     @abstractmethod
     async def ready(self) -> bool:

@@ -1,24 +1,39 @@
-"""Backend `embedded`: the exported ONNX models run in this process with ONNX Runtime."""
+"""Backend `embedded`: the exported ONNX models run in this process with ONNX Runtime.
+
+It follows the repository: every `watch_interval_s` a thread looks at each served model's newest
+version, loads it, answers one dummy frame with it, and only then swaps it in. Requests already running
+finish on the session they started with, so no request fails during a swap.
+"""
 
 import asyncio
+import dataclasses
+import logging
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
-from service.backends.base import Backend, ServedModel, served_model_from_metadata
+from service.backends.base import Backend, Inference, ServedModel, served_model_from_metadata
+from service.backends.watch import Poller, warmup_inputs
 from service.core.config import Settings
-from service.repository import require_models
+from service.repository import ModelVersions, require_models, scan_repository
+
+log = logging.getLogger("service.embedded")
+
+Stamp = tuple[int, int]  # (version, mtime in ns of its model.onnx): a change means "load again"
 
 
 @dataclass(frozen=True)
 class _Loaded:
     model: ServedModel
     session: ort.InferenceSession
+    stamp: Stamp
 
 
 class EmbeddedBackend(Backend):
@@ -30,9 +45,16 @@ class EmbeddedBackend(Backend):
 
     kind = "embedded"
 
-    def __init__(self, loaded: Mapping[str, _Loaded], workers: int):
+    def __init__(self, root: Path, loaded: Mapping[str, _Loaded], options: ort.SessionOptions, workers: int,
+                 watch_interval_s: float = 0.0):
+        self._root, self._options = root, options
+        # Replaced as a whole on a swap, never mutated: readers on other threads need no lock.
         self._loaded = dict(loaded)
+        self._failed: set[tuple[str, Stamp]] = set()  # versions that did not load: not retried
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="occ-ort")
+        self._poller = Poller(self.refresh, watch_interval_s, "occ-watch") if watch_interval_s else None
+        if self._poller is not None:
+            self._poller.start()
 
     @classmethod
     def load(cls, settings: Settings) -> "EmbeddedBackend":
@@ -40,35 +62,82 @@ class EmbeddedBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.ort_intra_op_threads
         options.inter_op_num_threads = settings.ort_inter_op_threads
-        loaded = {}
-        for name, entry in require_models(settings.model_repository, settings.default_model).items():
-            path = entry.onnx_path(entry.latest)
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            _check_signature(session, path)
-            versions = tuple(str(v) for v in entry.versions)
-            metadata = session.get_modelmeta().custom_metadata_map
-            model = served_model_from_metadata(name, str(entry.latest), versions, metadata, str(path))
-            loaded[name] = _Loaded(model, session)
-        return cls(loaded, settings.max_concurrent)
+        models = require_models(settings.model_repository, settings.default_model)
+        loaded = {name: _load(entry, options) for name, entry in models.items()}
+        return cls(settings.model_repository, loaded, options, settings.max_concurrent,
+                   settings.watch_interval_s)
 
     @property
     def models(self) -> Mapping[str, ServedModel]:
         return {name: entry.model for name, entry in self._loaded.items()}
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        session = self._loaded[model].session
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Inference:
+        entry = self._loaded[model]  # this version answers, even if a newer one is swapped in meanwhile
         feeds = {name: inputs[name] for name in contract.INPUT_NAMES}
         outputs = await asyncio.get_running_loop().run_in_executor(
-            self._executor, session.run, [contract.SEMANTICS], feeds
+            self._executor, entry.session.run, [contract.SEMANTICS], feeds
         )
-        return outputs[0]
+        return Inference(outputs[0], entry.model)
+
+    def refresh(self) -> list[str]:
+        """Swap in the newest version of every served model whose newest version changed, once it has
+        loaded and answered a dummy frame; a version that fails is logged and skipped. Returns the
+        names swapped. Runs on the watch thread (or a test's)."""
+        swapped = []
+        for name, entry in scan_repository(self._root).items():
+            current, stamp = self._loaded.get(name), _stamp(entry)
+            if current is None or (name, stamp) in self._failed:
+                continue  # only the models served since start-up are followed
+            if stamp == current.stamp:
+                if entry.versions != tuple(int(v) for v in current.model.versions):  # old ones were pruned
+                    self._replace(name, dataclasses.replace(
+                        current, model=dataclasses.replace(current.model, versions=_names(entry))))
+                continue
+            started = time.perf_counter()
+            try:
+                fresh = _load(entry, self._options)
+                fresh.session.run([contract.SEMANTICS], warmup_inputs(fresh.model.input_size))
+            except Exception as error:  # a broken version must never replace a working one
+                self._failed.add((name, stamp))
+                log.error("model %s version %s: not served, it failed to load or warm up: %s",
+                          name, entry.latest, error)
+                continue
+            self._replace(name, fresh)
+            swapped.append(name)
+            log.info("model %s: version %s replaces %s (loaded and warmed up in %.2f s)", name,
+                     fresh.model.version, current.model.version, time.perf_counter() - started)
+        return swapped
+
+    def _replace(self, name: str, entry: _Loaded) -> None:
+        self._loaded = {**self._loaded, name: entry}
 
     async def ready(self) -> bool:
         return bool(self._loaded)
 
     async def close(self) -> None:
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.stop)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._loaded.clear()
+        self._loaded = {}
+
+
+def _stamp(entry: ModelVersions) -> Stamp:
+    return entry.latest, entry.onnx_path(entry.latest).stat().st_mtime_ns
+
+
+def _names(entry: ModelVersions) -> tuple[str, ...]:
+    return tuple(str(v) for v in entry.versions)
+
+
+def _load(entry: ModelVersions, options: ort.SessionOptions) -> _Loaded:
+    """The session and description of `entry`'s newest version; InputError if it breaks the contract."""
+    stamp = _stamp(entry)
+    path = entry.onnx_path(entry.latest)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    _check_signature(session, path)
+    metadata = session.get_modelmeta().custom_metadata_map
+    model = served_model_from_metadata(entry.name, str(entry.latest), _names(entry), metadata, str(path))
+    return _Loaded(model, session, stamp)
 
 
 def _check_signature(session: ort.InferenceSession, path) -> None:

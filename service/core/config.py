@@ -17,7 +17,16 @@ class Settings(BaseSettings):
 
     model_repository: Path = DEFAULT_REPOSITORY
     default_model: str | None = Field(None, description="served when a request names none; else the first")
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "triton"] = "embedded"
+    # embedded: look for a new version in the repository; triton: re-read the served version.
+    watch_interval_s: float = Field(2.0, ge=0, description="seconds between version checks; 0: never")
+
+    # Backend `triton`: gRPC endpoint and how patiently to call it.
+    triton_url: str = Field("127.0.0.1:8001", description="Triton's gRPC endpoint, HOST:PORT")
+    triton_timeout_s: float = Field(10.0, gt=0, description="an inference, retries included")
+    triton_retries: int = Field(2, ge=0, description="retries of an inference Triton refused as UNAVAILABLE")
+    triton_retry_backoff_s: float = Field(0.05, ge=0, description="first retry's wait; doubles each retry")
+    triton_startup_timeout_s: float = Field(30.0, ge=0, description="wait for Triton and its models at start")
 
     max_body_bytes: int = Field(64 * 2**20, gt=0, description="whole request body, bytes")
     # Checked from the JPEG/PNG header before decoding, so a decompression bomb is never decoded.

@@ -1,11 +1,16 @@
 """Prometheus metrics of one app, in a registry it owns (never the process-global one).
 
-Names carry no backend: a `backend` label can be added without renaming a series.
+Every series carries the `backend` label (`embedded`, `triton`), so dashboards can compare backends.
 """
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from service.backends.base import ServedModel
 
 STAGES: tuple[str, ...] = ("decode", "preprocess", "inference", "encode", "total")
 # 1 ms .. 30 s, roughly x2.5 per bucket.
@@ -16,25 +21,51 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
 
 @dataclass
 class Metrics:
+    backend: str  # the app's backend kind, the value of every series' `backend` label
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.requests = Counter(
-            "occ_requests", "Predict requests by answer status.", ("model", "status", "encoding"), registry=r
-        )
+        self.requests = Counter("occ_requests", "Predict requests by answer status.",
+                                ("backend", "model", "status", "encoding"), registry=r)
         self.stage_latency = Histogram(
-            "occ_stage_latency_seconds", "Latency of each stage of a predict request.", ("stage",),
+            "occ_stage_latency_seconds", "Latency of each stage of a predict request.", ("backend", "stage"),
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
-        self.frames = Counter("occ_frames", "Frames answered with a grid (its rate is the FPS).", ("model",),
-                              registry=r)
+        self.frames = Counter("occ_frames", "Frames answered with a grid (its rate is the FPS).",
+                              ("backend", "model"), registry=r)
         self.in_flight = Gauge("occ_requests_in_flight", "Frames being processed now.", registry=r)
         self.queued = Gauge("occ_requests_queued", "Frames waiting for a processing slot.", registry=r)
-        self.model_info = Gauge(
-            "occ_model_info", "Served models (value 1).", ("name", "version", "backend", "config"), registry=r
-        )
+
+    def count_request(self, model: str, status: int, encoding: str) -> None:
+        self.requests.labels(backend=self.backend, model=model, status=str(status), encoding=encoding).inc()
+
+    def count_frame(self, model: str) -> None:
+        self.frames.labels(backend=self.backend, model=model).inc()
 
     def observe_timings(self, timings_ms: dict[str, float]) -> None:
         for stage, milliseconds in timings_ms.items():
-            self.stage_latency.labels(stage=stage).observe(milliseconds / 1000.0)
+            self.stage_latency.labels(backend=self.backend, stage=stage).observe(milliseconds / 1000.0)
+
+    def follow_models(self, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+        """Export `occ_model_info` from `models()` at every scrape, so a new version shows at once."""
+        self.registry.register(_ModelInfo(self.backend, models))
+
+
+class _ModelInfo(Collector):
+    """occ_model_info{name, version, backend, config} = 1 for each model served now."""
+
+    def __init__(self, backend: str, models: Callable[[], Mapping[str, ServedModel]]):
+        self._backend, self._models = backend, models
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("occ_model_info", "Served models (value 1).",
+                                   labels=("name", "version", "backend", "config"))
+        for model in sorted(self._models().values(), key=lambda model: model.name):
+            family.add_metric((model.name, model.version, self._backend, model.config), 1)
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Registering must not call collect(): the backend may still be starting.
+        yield GaugeMetricFamily("occ_model_info", "Served models (value 1).",
+                                labels=("name", "version", "backend", "config"))

@@ -15,6 +15,7 @@ from occupancy.encoding import DENSE_ENCODING, NPY_MEDIA_TYPE, SPARSE_ENCODING, 
 from occupancy.errors import InputError
 from service.api.deps import StateDep
 from service.api.schemas import Detail, ModelRef, PredictResponse, Timing, grid_info
+from service.backends.base import BackendUnavailable
 from service.core.admission import Overloaded
 from service.core.state import AppState
 from service.pipeline import check_headers, prepare_inputs
@@ -53,7 +54,7 @@ _ERRORS = {
         413: "body over the limit, or an image with more pixels than allowed (read from its header)",
         415: "unsupported content type or image type",
         422: "schema violation: cameras missing or duplicated, bad calibration, temporal fields missing",
-        503: "overloaded: every slot busy and the wait queue full (see Retry-After)",
+        503: "overloaded (wait queue full) or the backend unavailable; see Retry-After",
         504: "the backend did not answer within the request timeout",
     }.items()
 }
@@ -88,7 +89,7 @@ async def predict(
         code = error.status_code
         raise
     finally:
-        state.metrics.requests.labels(status=str(code), **label).inc()
+        state.metrics.count_request(status=code, **label)
 
 
 async def _predict(
@@ -107,7 +108,8 @@ async def _predict(
         async with asyncio.timeout(settings.request_timeout_s), state.admission.slot():
             inputs, timings = await run_in_threadpool(prepare_inputs, frame, headers, served.input_size)
             inference_started = time.perf_counter()
-            grid = (await state.backend.infer(served.name, inputs))[0]
+            answer = await state.backend.infer(served.name, inputs)
+            grid, served = answer.semantics[0], answer.model  # the version that answered
             timings["inference"] = 1000 * (time.perf_counter() - inference_started)
             encode_started = time.perf_counter()
             encoder = encode_npy if npy else partial(_occupancy_json, encoding=encoding)
@@ -116,12 +118,15 @@ async def _predict(
     except Overloaded as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "server: overloaded, the wait queue is full",
                             headers={"Retry-After": str(settings.retry_after_s)}) from error
+    except BackendUnavailable as error:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backend: unavailable ({error})",
+                            headers={"Retry-After": str(settings.retry_after_s)}) from error
     except TimeoutError as error:
         message = f"backend: no answer within the request timeout of {settings.request_timeout_s} s"
         raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, message) from error
     timings["total"] = 1000 * (time.perf_counter() - started)
     state.metrics.observe_timings(timings)
-    state.metrics.frames.labels(model=served.name).inc()
+    state.metrics.count_frame(served.name)
     server_timing = ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in timings.items())
     if npy:
         return Response(body, media_type=NPY_MEDIA_TYPE, headers={

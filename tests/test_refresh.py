@@ -1,0 +1,115 @@
+"""`occ refresh`: the publish-or-refuse rule, the model card, and the whole cycle on a tiny dataset
+into a real Triton (loopback, CPU python backend), whose new version the gateway then serves."""
+
+import asyncio
+import json
+import math
+
+import httpx
+import pytest
+import tritonclient.grpc as grpcclient
+from conftest_service import calibration, frame_images, multipart_files
+from test_triton_local import free_ports
+from tiny_dataset import MICRO_CONFIG, write_tiny_dataset
+
+from occ.cli import main as occ_main
+from occupancy.classes import CLASS_NAMES
+from service.core.config import Settings
+from service.main import create_app
+from service.triton_local import TritonLocal
+from training.models.configs import CONFIGS
+from training.refresh import current_card, model_card_markdown, verdict
+
+NAME = "micro"
+
+
+@pytest.mark.parametrize(("new", "old", "force", "published"), [
+    (29.5, 30.0, False, True),  # 0.5 points lower: within the threshold of 1
+    (29.0, 30.0, False, True),  # exactly the threshold
+    (28.9, 30.0, False, False),  # 1.1 points lower
+    (28.9, 30.0, True, True),
+    (31.0, 30.0, False, True),
+    (10.0, None, False, True),  # nothing to compare with
+    (None, 30.0, False, False),
+])
+def test_publish_unless_mIoU_drops_more_than_the_threshold(new, old, force, published):
+    go, why = verdict(new, old, threshold=1.0, force=force)
+    assert go == published
+    if not published:
+        assert "NOT published" in why or "not published" in why
+    if force and new is not None and old - new > 1.0:
+        assert "--force" in why
+
+
+def test_card_page_lists_every_class(tmp_path):
+    per_class = {"others": 1.5, "barrier": None, "free": 99.0}
+    card = {"name": NAME, "config": "test-micro", "data_root": "/data", "iterations": 3,
+            "fine_tuned_from": None, "checkpoint": "/w/iter_3.pt", "mIoU": 1.5, "val_frames": 2,
+            "previous_version": None, "previous_mIoU": None, "verdict": "first version", "date": "today",
+            "per_class": per_class}
+    page = model_card_markdown(card)
+    assert "| others | 1.50 |" in page and "| barrier | n/a |" in page and "from scratch" in page
+    assert "val mIoU: 1.50 over 2 frames" in page
+    (tmp_path / NAME / "4").mkdir(parents=True)
+    (tmp_path / NAME / "4" / "card.json").write_text(json.dumps(card))
+    assert current_card(tmp_path / NAME) == (4, card)
+    assert current_card(tmp_path / "absent") == (None, {})
+
+
+@pytest.fixture
+def micro_config(monkeypatch):
+    monkeypatch.setitem(CONFIGS, MICRO_CONFIG.name, MICRO_CONFIG)
+    return MICRO_CONFIG.name
+
+
+@pytest.mark.integration
+def test_refresh_trains_evaluates_and_publishes_into_triton(tmp_path, micro_config, capsys):
+    data_root = write_tiny_dataset(tmp_path / "data", scenes=3, frames=1, val_scenes=1)
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    http_port, grpc_port, metrics_port = free_ports(3)
+    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    command = ["refresh", "--config", micro_config, "--data-root", str(data_root), "--work-dir",
+               str(tmp_path / "work"), "--repository", str(repository), "--name", NAME, "--max-iters", "3",
+               "--batch-size", "1", "--num-workers", "0", "--backend-kind", "python",
+               "--triton-url", triton.grpc_url]
+    triton.start()
+    try:
+        triton.wait_ready(60)
+        assert occ_main(command) == 0
+        first_card = json.loads((repository / NAME / "1" / "card.json").read_text())
+        assert first_card["fine_tuned_from"] is None and first_card["iterations"] == 3
+        assert first_card["config"] == micro_config and first_card["previous_version"] is None
+        assert list(first_card["per_class"]) == list(CLASS_NAMES[:-1])  # free is not scored
+        assert (repository / NAME / "1" / "model_card.md").is_file()
+        capsys.readouterr()
+
+        # A served mIoU no model can reach: the next one is refused, and nothing is published.
+        (repository / NAME / "1" / "card.json").write_text(json.dumps(first_card | {"mIoU": 99.0}))
+        assert occ_main(command) == 1
+        out = capsys.readouterr().out
+        assert "NOT published" in out and "against 99.00" in out and "--force" in out
+        assert sorted(p.name for p in (repository / NAME).iterdir()) == ["1", "config.pbtxt"]
+
+        assert occ_main([*command, "--force"]) == 0
+        assert "published anyway (--force)" in capsys.readouterr().out
+        card = json.loads((repository / NAME / "2" / "card.json").read_text())
+        assert card["fine_tuned_from"] == first_card["checkpoint"] and card["forced"] is True
+        assert card["previous_version"] == 1 and card["previous_mIoU"] == 99.0
+        assert card["mIoU"] is None or math.isfinite(card["mIoU"])
+        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        assert client.is_model_ready(NAME, "2") and not client.is_model_ready(NAME, "1")
+
+        served = asyncio.run(_predict_through_gateway(Settings(backend="triton", triton_url=triton.grpc_url)))
+        assert served.status_code == 200 and served.json()["model"] == {"name": NAME, "version": "2"}
+    finally:
+        triton.stop()
+
+
+async def _predict_through_gateway(settings: Settings) -> httpx.Response:
+    app = create_app(settings)
+    files = multipart_files(frame_images((90, 160)), calibration((90, 160)))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+            return await client.post("/predict", files=files)
