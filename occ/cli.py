@@ -19,17 +19,35 @@ COMMANDS: dict[str, str] = {
     "prepare": "training.data.prepare_cli",
     "train": "training.train_cli",
     "eval": "training.eval_cli",
+    "export": "training.export_cli",
     "triton-local": "service.triton_local_cli",
+    "publish": "training.publish_cli",
+    "refresh": "training.refresh_cli",
+    "predict": "clients.predict_cli",
+    "render": "clients.render_cli",
+    "bench": "clients.bench_cli",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `selected`'s module is imported when a command is named.
+
+    `occ serve` thus loads the gateway's module alone, so a gateway install without the training
+    package (or torch) works; `occ --help` imports every command module to list them.
+    """
     parser = argparse.ArgumentParser(
         prog="occ", description="Camera-only 3D occupancy: data, training, export and serving."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
+        if selected in COMMANDS and name != selected:
+            commands.add_parser(name)
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:  # a command whose package or extra this install lacks
+            commands.add_parser(name, help=f"unavailable in this install ({error})")
+            continue
         sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
@@ -37,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except InputError as error:
