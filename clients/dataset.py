@@ -1,0 +1,95 @@
+"""Frames of a prepared data root (`occ prepare` / `occ synth`), ready to send to the gateway.
+
+A data root holds `occ_index_<split>.json`: {"samples": [...]}, each sample with its `token`,
+`scene_name`, `timestamp`, `ego2global`, `occ_path` (labels.npz, relative to the root) and per camera
+`image_path`, `intrinsic` and `sensor2ego` (nuScenes conventions, see occupancy.calibration).
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from occupancy.calibration import FrameCalibration, parse_calibration
+from occupancy.cameras import CAMERA_NAMES
+from occupancy.errors import InputError
+
+
+@dataclass(frozen=True)
+class DatasetFrame:
+    """One sample: its six image files (CAMERA_NAMES keys), calibration and ground truth, if any."""
+
+    token: str
+    images: dict[str, Path]
+    calibration: FrameCalibration
+    labels: Path | None  # gts/<scene>/<token>/labels.npz: semantics, mask_lidar, mask_camera
+
+
+def index_file(data_root: Path, split: str) -> Path:
+    """Where `occ prepare` writes the index of `split`."""
+    return Path(data_root) / f"occ_index_{split}.json"
+
+
+def load_samples(data_root: Path, split: str = "val") -> list[dict[str, Any]]:
+    """The samples of a split's index; InputError naming the file when it is missing or malformed."""
+    path = index_file(data_root, split)
+    try:
+        samples = json.loads(path.read_text())["samples"]
+    except FileNotFoundError:
+        raise InputError(f"--data-root: {path} does not exist (run `occ prepare` or `occ synth`)") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not an index of `occ prepare` ({error})") from error
+    if not isinstance(samples, list) or not samples:
+        raise InputError(f"{path}: the index lists no samples")
+    return samples
+
+
+def dataset_frame(data_root: Path, split: str = "val", token: str | None = None,
+                  index: int | None = None) -> DatasetFrame:
+    """The sample with `token`, or the `index`-th one (default: the first) of a split."""
+    samples = load_samples(data_root, split)
+    if token is not None:
+        matches = [sample for sample in samples if sample.get("token") == token]
+        if not matches:
+            raise InputError(f"--sample {token}: no such sample in {index_file(data_root, split)}")
+        return frame_of_sample(data_root, matches[0])
+    position = 0 if index is None else index
+    if not -len(samples) <= position < len(samples):
+        raise InputError(f"--index {position}: the {split} split has {len(samples)} samples")
+    return frame_of_sample(data_root, samples[position])
+
+
+def frame_of_sample(data_root: Path, sample: dict[str, Any]) -> DatasetFrame:
+    """A DatasetFrame from one index entry; paths are resolved against `data_root`."""
+    root = Path(data_root)
+    token = str(sample.get("token", "?"))
+    try:
+        cameras = {name: sample["cameras"][name] for name in CAMERA_NAMES}
+        calibration = {
+            "cameras": {name: {"intrinsic": cam["intrinsic"], "sensor2ego": cam["sensor2ego"]}
+                        for name, cam in cameras.items()},
+            "ego2global": sample.get("ego2global"),
+            "timestamp": sample.get("timestamp"),
+            "sequence_id": sample.get("scene_name"),
+        }
+        images = {name: root / cam["image_path"] for name, cam in cameras.items()}
+    except (KeyError, TypeError) as error:
+        raise InputError(f"sample {token}: the index entry lacks {error}") from error
+    labels = root / sample["occ_path"] if sample.get("occ_path") else None
+    return DatasetFrame(token, images, parse_calibration(calibration, f"sample {token}"), labels)
+
+
+def camera_paths(items: list[str], flag: str) -> dict[str, Path]:
+    """`CAM_FRONT=path.jpg` command-line items -> {camera: path}; InputError for a bad or unknown camera."""
+    paths = {}
+    for item in items:
+        camera, separator, path = item.partition("=")
+        if not separator or not path:
+            raise InputError(f"{flag} {item!r}: expected CAMERA=PATH, e.g. CAM_FRONT=front.jpg")
+        if camera not in CAMERA_NAMES:
+            raise InputError(f"{flag} {item!r}: unknown camera {camera!r} "
+                             f"(cameras: {', '.join(CAMERA_NAMES)})")
+        if camera in paths:
+            raise InputError(f"{flag}: {camera} given twice")
+        paths[camera] = Path(path)
+    return paths
