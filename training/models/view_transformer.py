@@ -68,9 +68,24 @@ def inverse_3x3(matrix: Tensor) -> Tensor:
     return cofactors.transpose(-1, -2) / determinant[..., None, None]
 
 
+def _multiply_add_rows(matrix: Tensor, vector: Tensor) -> Tensor:
+    """matrix @ vector over the last axes, written as explicit multiply-adds.
+
+    A MatMul rounds differently in PyTorch and in ONNX Runtime, and a frustum point on a voxel boundary
+    then lands in different voxels; separate Mul and Add ops round identically in both.
+    """
+    x, y, z = vector.unbind(-1)
+    return torch.stack([row[..., 0] * x + row[..., 1] * y + row[..., 2] * z for row in matrix.unbind(-2)], -1)
+
+
 def _transform(matrix: Tensor, points: Tensor) -> Tensor:
-    """Applies B x N x 3 x 3 matrices to B x N x D x H x W x 3 points (a broadcast MatMul of row vectors)."""
-    return (points.unsqueeze(-2) @ matrix[:, :, None, None, None].transpose(-1, -2)).squeeze(-2)
+    """Applies B x N x 3 x 3 matrices to B x N x D x H x W x 3 points."""
+    return _multiply_add_rows(matrix[:, :, None, None, None], points)
+
+
+def _matmul_3x3(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for ... x 3 x 3 matrices, column by column in the same exportable multiply-adds."""
+    return torch.stack([_multiply_add_rows(a, column) for column in b.unbind(-1)], -1)
 
 
 def downsample_gt_depth(gt_depth: Tensor, downsample: int) -> Tensor:
@@ -190,7 +205,7 @@ class LSSViewTransformer(nn.Module):
         points = _transform(inverse_3x3(batch.post_rots), points)
         # (u, v, d) -> (u d, v d, d), then camera rays scaled by depth -> ego.
         points = torch.cat((points[..., :2] * points[..., 2:3], points[..., 2:3]), -1)
-        ego_T_pixel = batch.sensor2ego[..., :3, :3] @ inverse_3x3(batch.intrinsics)
+        ego_T_pixel = _matmul_3x3(batch.sensor2ego[..., :3, :3], inverse_3x3(batch.intrinsics))
         points = _transform(ego_T_pixel, points) + batch.sensor2ego[:, :, None, None, None, :3, 3]
         return _transform(batch.bda[:, None].expand_as(batch.post_rots), points)
 
