@@ -60,7 +60,7 @@ class TrainRecipe:
 # demo-tiny learns from scratch in a few hundred CPU iterations: a larger lr, a short warm-up, and an
 # EMA whose ramp starts at 0 so that it follows the weights closely in short runs.
 RECIPES: dict[str, TrainRecipe] = {
-    "demo-tiny": TrainRecipe(lr=1e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=12),
+    "demo-tiny": TrainRecipe(lr=1e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=20),
 }
 
 
