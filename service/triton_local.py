@@ -172,25 +172,22 @@ class TritonLocal:
             )
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
-        """Block until GET /v2/health/ready answers 200; seconds since start. RuntimeError with the
-        server's log tail if it exits or is not ready in time."""
+        """Block until GET /v2/health/ready answers 200 and the metrics endpoint answers (tritonserver
+        opens its metrics port after the HTTP one); seconds since start. RuntimeError with the server's
+        log tail if it exits or is not ready in time."""
         if self._process is None:
             raise RuntimeError("start() first")
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             if self._process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self._process.returncode}:\n{self.log_tail()}")
-            if self.is_ready():
+            if self.is_ready() and _answers(self.metrics_url):
                 return time.monotonic() - started
             time.sleep(0.05)
         raise RuntimeError(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as answer:
-                return answer.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+        return _answers(f"http://{self.http_url}/v2/health/ready")
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -243,3 +240,12 @@ class TritonLocal:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _answers(url: str) -> bool:
+    """Whether GET url answers 200 within a second."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as answer:
+            return answer.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
