@@ -7,7 +7,7 @@ expression against a real Prometheus scraping the gateway and Triton.
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import promql_parser
@@ -90,25 +90,73 @@ def recorded_names(paths: Iterable[Path] = RULE_FILES) -> set[str]:
     return {rule["record"] for rule in rules(paths) if "record" in rule}
 
 
-def to_promql(expr: str, window: str = "1m") -> str:
-    """A dashboard expression as plain PromQL: interval macros -> `window`, variables -> `.*`."""
-    return _VARIABLE.sub(".*", _INTERVAL_MACRO.sub(window, expr))
+def to_promql(expr: str, window: str = "1m", variables: Mapping[str, str] | None = None) -> str:
+    """A dashboard expression as plain PromQL: interval macros -> `window`, a variable named in `variables`
+    -> its value (inserted as it is: a regex-safe name such as a model's), any other variable -> `.*`."""
+    values = variables or {}
+
+    def value(match: re.Match) -> str:
+        return values.get(match.group(0).strip("${}"), ".*")
+
+    return _VARIABLE.sub(value, _INTERVAL_MACRO.sub(window, expr))
+
+
+def variable_queries(path: Path = DASHBOARD) -> dict[str, str]:
+    """The dashboard's query variables: name -> its `label_values(...)` definition, in dashboard order."""
+    variables = json.loads(Path(path).read_text()).get("templating", {}).get("list", [])
+    return {variable["name"]: variable["definition"] for variable in variables if variable["type"] == "query"}
+
+
+_COMPARISONS = frozenset({"==", "!=", ">", "<", ">=", "<="})
+_SET_OPERATORS = frozenset({"and", "or", "unless"})
+
+
+def alert_operands(expr: str) -> list[str]:
+    """The operands of an alert condition without its thresholds, as PromQL: `a > 1 and b == 0` -> [a, b],
+    `absent(c)` -> [c]. Each is what must have data for the condition to mean something; the condition
+    itself is empty while the system is healthy."""
+
+    def split(node: promql_parser.Expr) -> list[promql_parser.Expr]:
+        if isinstance(node, promql_parser.ParenExpr):
+            return split(node.expr)
+        if isinstance(node, promql_parser.Call) and node.func.name in ("absent", "absent_over_time"):
+            return split(node.args[0])
+        if isinstance(node, promql_parser.BinaryExpr):
+            op = str(node.op)
+            if op in _SET_OPERATORS:
+                return split(node.lhs) + split(node.rhs)
+            returns_bool = node.modifier is not None and node.modifier.return_bool
+            if op in _COMPARISONS and not returns_bool:
+                if isinstance(node.rhs, promql_parser.NumberLiteral):
+                    return split(node.lhs)
+                if isinstance(node.lhs, promql_parser.NumberLiteral):
+                    return split(node.rhs)
+        return [node]
+
+    return list(dict.fromkeys(str(node) for node in split(promql_parser.parse(expr))))
 
 
 def metric_names(expr: str) -> set[str]:
     """Names of the series an expression selects (parsed, not pattern-matched; `{__name__="x"}` included)."""
-    names: set[str] = set()
+    return {name for name, _ in selector_labels(expr) if name}
+
+
+def selector_labels(expr: str) -> list[tuple[str, frozenset[str]]]:
+    """Each series selector of an expression (a dashboard's or plain PromQL): the metric name it selects
+    ("" if none) and the names of the other labels it matches on."""
+    selectors: list[tuple[str, frozenset[str]]] = []
 
     def visit(node: promql_parser.Expr) -> bool:
         if isinstance(node, promql_parser.VectorSelector):
-            if node.name:
-                names.add(node.name)
             matchers = node.matchers.matchers if node.matchers else []
-            names.update(m.value for m in matchers if m.name == "__name__")
+            labels = frozenset(m.name for m in matchers if m.name != "__name__")
+            named = [m.value for m in matchers if m.name == "__name__"]
+            names = [name for name in (node.name, *named) if name]
+            selectors.extend((name, labels) for name in names or [""])
         return True
 
     promql_parser.walk(promql_parser.parse(to_promql(expr)), visit)
-    return names
+    return selectors
 
 
 def exposition_names(text: str) -> set[str]:
