@@ -2,10 +2,6 @@
 against a real `occ serve` on a free loopback port, with the stand-in model of conftest_service."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +15,7 @@ from conftest_service import (
     write_model,
 )
 from fastapi.testclient import TestClient
+from gateway_process import running_gateway
 
 from clients.bench import BenchResult, bench, require_loopback
 from clients.client import GatewayError, OccupancyClient, build_request, parse_server_timing
@@ -154,35 +151,12 @@ def test_server_timing_header_and_loopback_guard():
             require_loopback(url)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(repository, tmp_path_factory):
     """`occ serve` on a free loopback port; always stopped afterwards."""
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "occ", "serve", "--port", str(port),
-                                    "--repository", str(repository[0])], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while not OccupancyClient(url, timeout=2).ready():
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "no /readyz within 60 s"
-                time.sleep(0.2)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_gateway("--repository", str(repository[0]), log_path=log_path) as url:
+        yield url
 
 
 @pytest.mark.integration

@@ -1,9 +1,7 @@
 """`occ serve` as a real process: start-up errors, no torch, and one frame over loopback HTTP."""
 
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -17,6 +15,7 @@ from conftest_service import (
     run_model,
     write_model,
 )
+from gateway_process import running_gateway
 
 from occ.cli import main
 from occupancy.encoding import decode_dense
@@ -37,42 +36,13 @@ def test_the_gateway_never_imports_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """`occ serve` on a free loopback port with a one-model repository; always stopped afterwards."""
     write_model(tmp_path / "repository", "fake", (1,), build_test_model(INPUT_SIZE))
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    command = [sys.executable, "-m", "occ", "serve", "--port", str(port),
-               "--repository", str(tmp_path / "repository")]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "no /readyz within 60 s"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    repository = tmp_path / "repository"
+    with running_gateway("--repository", str(repository), log_path=tmp_path / "server.log") as url:
         yield url, tmp_path / "repository" / "fake" / "1" / "model.onnx"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.mark.integration
