@@ -10,12 +10,14 @@ import pytest
 import torch
 from tiny_dataset import write_labels, write_tiny_dataset
 
+from occupancy import preprocess
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import FREE_CLASS
 from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix
 from occupancy.grid import OCC3D_GRID
-from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, test_time_transform
+from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, decode_scale, test_time_transform
+from training.data import dataset as dataset_module
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
 
@@ -94,6 +96,24 @@ def test_evaluation_uses_the_test_time_transform(root):
     expected = reference.apply_to_points(project(dataset.samples[0]["cameras"]["CAM_FRONT"], POINT))
     np.testing.assert_allclose(centroid(sample.images[front].numpy()), expected, atol=0.3)
 
+
+
+def test_small_inputs_decode_reduced_and_keep_the_geometry(root, monkeypatch):
+    small = (24, 80)  # a quarter of the source width: the images decode at 1/4, as the gateway does
+    reference = test_time_transform(SOURCE_SIZE, small)
+    scales = []
+
+    def recording_decode(data, decoded_scale=1.0, field="image"):
+        scales.append(decoded_scale)
+        return preprocess.decode_image(data, decoded_scale, field)
+
+    monkeypatch.setattr(dataset_module, "decode_image", recording_decode)
+    dataset = OccupancyDataset(root, "train", small)
+    sample = dataset[0]
+    assert scales == [decode_scale(reference)] * len(CAMERA_NAMES) == [0.25] * len(CAMERA_NAMES)
+    front = CAMERA_NAMES.index("CAM_FRONT")
+    expected = reference.apply_to_points(project(dataset.samples[0]["cameras"]["CAM_FRONT"], POINT))
+    np.testing.assert_allclose(centroid(sample.images[front].numpy()), expected, atol=0.3)
 
 def test_bev_flip_moves_labels_and_geometry_together(root):
     dataset = OccupancyDataset(root, "train", INPUT_SIZE, AugmentConfig())

@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -25,6 +24,7 @@ from torch.utils.data import Dataset
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
 from occupancy.geometry import pose_matrix
+from occupancy.image_header import image_size
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
 from occupancy.preprocess import (
     IMAGENET_MEAN_RGB,
@@ -33,6 +33,8 @@ from occupancy.preprocess import (
     Size,
     apply_transform,
     bgr_to_rgb,
+    decode_image,
+    decode_scale,
 )
 from training.batch import CameraBatch, OccupancyTargets
 from training.data.augment import (
@@ -192,13 +194,16 @@ class OccupancyDataset(Dataset):
         rng = np.random.default_rng((self.seed, self.epoch, index))
         images, post_rots, post_trans, transforms = [], [], [], []
         for name in CAMERA_NAMES:
-            image = self._read_image(entry["cameras"][name]["image_path"])
-            source_size = image.shape[:2]
+            path = self.data_root / entry["cameras"][name]["image_path"]
+            data, source_size = self._read_image_file(path)
             if self.augment:
                 transform = sample_image_transform(rng, source_size, self.input_size, self.augment)
             else:
                 transform = eval_image_transform(source_size, self.input_size, AugmentConfig())
-            images.append(apply_transform(image, transform).transpose(2, 0, 1))
+            # Decode only as many pixels as the transform keeps (JPEG reduced decoding), as the gateway does.
+            scale = decode_scale(transform)
+            image = bgr_to_rgb(decode_image(data, scale, field=str(path)))
+            images.append(apply_transform(image, transform, scale).transpose(2, 0, 1))
             post_rots.append(transform.post_rot)
             post_trans.append(transform.post_tran)
             transforms.append(transform)
@@ -245,13 +250,17 @@ class OccupancyDataset(Dataset):
                     raise InputError(f"{self.data_root / relative}: file missing (sample {entry['token']} "
                                      f"of {index_path(self.data_root, self.split).name})")
 
-    def _read_image(self, relative: str) -> np.ndarray:
-        path = self.data_root / relative
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise InputError(f"{path}: missing or not a decodable image")
-        return bgr_to_rgb(image)
-
+    @staticmethod
+    def _read_image_file(path: Path) -> tuple[bytes, tuple[int, int]]:
+        """An image file's bytes and its (height, width) from the JPEG/PNG header."""
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{path}: unreadable image ({error.strerror})") from error
+        size = image_size(data)
+        if size is None:
+            raise InputError(f"{path}: not a JPEG or PNG image with a readable size")
+        return data, size
 
 def read_labels(path: Path, flip: BevFlip | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`semantics` and `mask_camera` (X x Y x Z uint8) of an Occ3D labels.npz, mirrored by `flip`."""
