@@ -1,6 +1,7 @@
 """Model zoo: reference parameter counts, output shapes and axes, the masked loss, `occ models`."""
 
 import json
+import math
 import time
 
 import pytest
@@ -8,11 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from occ.cli import main
-from occupancy.classes import IGNORE_INDEX, NUM_CLASSES
+from occupancy.classes import FREE_CLASS, IGNORE_INDEX, NUM_CLASSES
 from training.batch import CameraBatch, OccupancyTargets
 from training.models.configs import CONFIGS, build_model
 from training.models.heads import BEVOCCHead2D, BEVOCCHead3D
-from training.models.losses import OCC3D_CLASS_FREQUENCIES, masked_cross_entropy, occ3d_class_weights
+from training.models.losses import (
+    OCC3D_CLASS_FREQUENCIES,
+    masked_cross_entropy,
+    occ3d_class_weights,
+    scene_class_affinity_loss,
+)
 
 # Counted on models built from the reference code (FlashOCC configs named in configs.py).
 REFERENCE_PARAMS = {
@@ -155,6 +161,40 @@ def test_loss_is_the_mean_over_camera_visible_voxels():
     assert grad_logits.grad[~mask].abs().max() == 0
 
 
+
+def _affinity_by_loops(probabilities: torch.Tensor, labels: torch.Tensor, free: int) -> float:
+    """MonoScene's sem_scal + geo_scal, one class at a time over the visible voxels' probabilities."""
+    def terms(p: torch.Tensor, target: torch.Tensor) -> float:
+        hits = float((p * target).sum())
+        losses = [-math.log(hits / float(p.sum())), -math.log(hits / float(target.sum()))]
+        negatives = 1 - target
+        return sum(losses) - math.log(float(((1 - p) * negatives).sum()) / float(negatives.sum()))
+
+    present = [k for k in range(probabilities.shape[1]) if (labels == k).any()]
+    semantic = sum(terms(probabilities[:, k], (labels == k).double()) for k in present) / len(present)
+    return semantic + terms(1 - probabilities[:, free], (labels != free).double())
+
+
+def test_scene_class_affinity_loss_is_per_class_precision_recall_specificity():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 4, 3, 2, 6, generator=gen)
+    semantics = torch.randint(0, 5, (2, 4, 3, 2), generator=gen)  # class 1 absent: not averaged in
+    semantics[semantics == 1] = 5
+    semantics[0, 0, 0, 0] = IGNORE_INDEX
+    mask = torch.rand(2, 4, 3, 2, generator=gen) > 0.3
+    keep = mask & (semantics != IGNORE_INDEX)
+    expected = _affinity_by_loops(logits[keep].double().softmax(-1), semantics[keep], free=5)
+    assert scene_class_affinity_loss(logits, semantics, mask, free_index=5).item() == pytest.approx(expected,
+                                                                                                   rel=1e-5)
+
+    # Confident, right predictions cost nothing; the gradient stays finite with absent classes.
+    perfect = (50.0 * F.one_hot(semantics.clamp(max=5), 6).float()).requires_grad_()
+    loss = scene_class_affinity_loss(perfect, semantics, mask, free_index=5)
+    loss.backward()
+    assert loss.item() < 1e-4 and perfect.grad.isfinite().all()
+    assert perfect.grad[~mask].abs().max() == 0
+
+
 def test_class_weights_are_inverse_log_frequencies():
     weights = occ3d_class_weights()
     assert weights.shape == (18,)
@@ -185,3 +225,21 @@ def test_occ_models_unknown_name_is_one_line_error(capsys):
     assert main(["models", "--state-dict", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "no-such-model" in err and "flashocc-r50-256x704" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("head_class", [BEVOCCHead2D, BEVOCCHead3D])
+def test_use_mask_false_trains_on_hidden_voxels_too(head_class):
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(1, 4, 3, 16, NUM_CLASSES, generator=gen)
+    semantics = torch.randint(0, NUM_CLASSES, (1, 4, 3, 16), generator=gen)
+    mask = torch.rand(1, 4, 3, 16, generator=gen) > 0.5
+    relabelled = semantics.clone()
+    relabelled[~mask] = (semantics[~mask] + 1) % NUM_CLASSES
+    for use_mask in (True, False):
+        head = head_class(num_classes=NUM_CLASSES, use_mask=use_mask, scene_class_affinity=True)
+        losses = [head.loss(logits, OccupancyTargets(labels, mask)) for labels in (semantics, relabelled)]
+        assert torch.equal(losses[0], losses[1]) == use_mask
+        everywhere = torch.ones_like(mask) if not use_mask else mask
+        expected = (masked_cross_entropy(logits, semantics, everywhere)
+                    + scene_class_affinity_loss(logits, semantics, everywhere, FREE_CLASS))
+        assert torch.allclose(losses[0], expected)

@@ -73,6 +73,8 @@ class ModelConfig:
     bev_channels: int = 64  # view transformer output per Z slice (the reference's numC_Trans)
     upsample_bev: bool = False  # bilinear x2 before the head (BEVDetOCC's `upsample`)
     class_balance: bool = False
+    use_mask: bool = True  # the loss sees only camera-visible voxels (mask_camera); False: all voxels
+    scene_class_affinity: bool = False  # MonoScene's sem_scal + geo_scal losses beside the cross-entropy
     depth_loss_weight: float = 0.0  # BEVDepth's loss_depth_weight; 0: no depth supervision
 
 
@@ -107,7 +109,8 @@ def _build_bev_2d(config: ModelConfig) -> tuple[CustomResNet, FPN_LSS, BEVOCCHea
                    scale_factor=math.prod(enc.stride[1:]), input_feature_index=(0, 2),
                    extra_upsample=enc.extra_upsample)
     head = BEVOCCHead2D(in_dim=enc.neck_channels, out_dim=enc.head_channels, Dz=config.grid.shape[2],
-                        num_classes=config.num_classes, class_balance=config.class_balance)
+                        num_classes=config.num_classes, class_balance=config.class_balance,
+                        use_mask=config.use_mask, scene_class_affinity=config.scene_class_affinity)
     return backbone, neck, head
 
 
@@ -117,7 +120,8 @@ def _build_bev_3d(config: ModelConfig) -> tuple[CustomResNet3D, LSSFPN3D, BEVOCC
                               stride=enc.stride)
     neck = LSSFPN3D(in_channels=sum(enc.num_channels), out_channels=config.bev_channels)
     head = BEVOCCHead3D(in_dim=config.bev_channels, out_dim=enc.head_channels, num_classes=config.num_classes,
-                        class_balance=config.class_balance)
+                        class_balance=config.class_balance, use_mask=config.use_mask,
+                        scene_class_affinity=config.scene_class_affinity)
     return backbone, neck, head
 
 

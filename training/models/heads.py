@@ -5,27 +5,38 @@ BEVOCCHead3D (projects/mmdet3d_plugin/models/dense_heads/bev_occ_head.py), with 
 names (`final_conv.conv`, `predicter.0`, `predicter.2`).
 """
 
+import torch
 from torch import Tensor, nn
 
+from occupancy.classes import FREE_CLASS
 from training.batch import OccupancyTargets
 from training.models.bev_encoder import ConvModule
-from training.models.losses import masked_cross_entropy, occ3d_class_weights
+from training.models.losses import masked_cross_entropy, occ3d_class_weights, scene_class_affinity_loss
 
 
 class _OccupancyHead(nn.Module):
-    """The loss both heads share: camera-masked cross-entropy, optionally class-balanced."""
+    """The loss both heads share: cross-entropy over the voxels the cameras see (all voxels without
+    `use_mask`), optionally class-balanced, plus MonoScene's scene-class affinity terms where
+    `scene_class_affinity` is set (not the reference's)."""
 
-    def __init__(self, num_classes: int, class_balance: bool) -> None:
+    def __init__(self, num_classes: int, class_balance: bool, use_mask: bool = True,
+                 scene_class_affinity: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.class_balance = class_balance
+        self.use_mask = use_mask
+        self.scene_class_affinity = scene_class_affinity
         # Not persistent: the reference keeps the weights out of its checkpoints.
         weights = occ3d_class_weights(num_classes) if class_balance else None
         self.register_buffer("cls_weights", weights, persistent=False)
 
     def loss(self, logits: Tensor, targets: OccupancyTargets) -> Tensor:
         """Scalar loss of B x X x Y x Z x classes logits against the targets."""
-        return masked_cross_entropy(logits, targets.semantics, targets.mask_camera, self.cls_weights)
+        mask = targets.mask_camera if self.use_mask else torch.ones_like(targets.mask_camera)
+        loss = masked_cross_entropy(logits, targets.semantics, mask, self.cls_weights)
+        if self.scene_class_affinity:
+            loss = loss + scene_class_affinity_loss(logits, targets.semantics, mask, FREE_CLASS)
+        return loss
 
 
 class BEVOCCHead2D(_OccupancyHead):
@@ -37,11 +48,14 @@ class BEVOCCHead2D(_OccupancyHead):
         Dz: height slices of the output grid.
         num_classes: classes per voxel.
         class_balance: weight the loss by 1 / log(class frequency).
+        use_mask: train on the camera-visible voxels only (the Occ3D evaluation's); else on all.
+        scene_class_affinity: add MonoScene's per-class precision/recall/specificity loss.
     """
 
     def __init__(self, in_dim: int = 256, out_dim: int = 256, Dz: int = 16, num_classes: int = 18,
-                 class_balance: bool = False) -> None:
-        super().__init__(num_classes, class_balance)
+                 class_balance: bool = False, use_mask: bool = True, scene_class_affinity: bool = False,
+                 ) -> None:
+        super().__init__(num_classes, class_balance, use_mask, scene_class_affinity)
         self.Dz = Dz
         self.final_conv = ConvModule(in_dim, out_dim, 3, padding=1, norm=False, bias=True)
         self.predicter = nn.Sequential(
@@ -65,13 +79,16 @@ class BEVOCCHead3D(_OccupancyHead):
         out_dim: channels after `final_conv`; the MLP's hidden layer has 2 * out_dim.
         num_classes: classes per voxel.
         class_balance: weight the loss by 1 / log(class frequency).
+        use_mask: train on the camera-visible voxels only (the Occ3D evaluation's); else on all.
+        scene_class_affinity: add MonoScene's per-class precision/recall/specificity loss.
 
     The reference fixes the MLP's width at 32 whatever out_dim says; its configs use out_dim=32.
     """
 
     def __init__(self, in_dim: int = 32, out_dim: int = 32, num_classes: int = 18,
-                 class_balance: bool = False) -> None:
-        super().__init__(num_classes, class_balance)
+                 class_balance: bool = False, use_mask: bool = True, scene_class_affinity: bool = False,
+                 ) -> None:
+        super().__init__(num_classes, class_balance, use_mask, scene_class_affinity)
         self.final_conv = ConvModule(in_dim, out_dim, 3, padding=1, dims=3, norm=False, bias=True)
         self.predicter = nn.Sequential(
             nn.Linear(out_dim, out_dim * 2),

@@ -51,3 +51,52 @@ def masked_cross_entropy(
         avg_factor = (class_weights[labels.clamp(0, num_classes - 1)] * valid * weight).sum()
     # mmdet's weight_reduce_loss adds float32 eps so that an empty mask gives 0, not NaN.
     return (per_voxel * weight).sum() / (avg_factor + torch.finfo(torch.float32).eps)
+
+
+
+def _affinity_terms(hits: Tensor, predicted: Tensor, actual: Tensor, total: Tensor) -> Tensor:
+    """-log precision, -log recall and -log specificity of soft predictions, from sums per set:
+    `hits` = sum of the probabilities over the set's voxels, `predicted` = over all voxels, `actual` =
+    the set's size, `total` = the voxel count. Terms whose denominator is 0 are left out."""
+    negatives = total - actual
+    eps = torch.finfo(torch.float32).eps
+    terms = []
+    # Clamped denominators keep the gradient finite where a term is left out (0 / 0).
+    true_negatives = negatives - predicted + hits
+    for numerator, denominator in ((hits, predicted), (hits, actual), (true_negatives, negatives)):
+        ratio = (numerator / denominator.clamp(min=eps)).clamp(eps, 1.0)
+        terms.append(torch.where(denominator > 0, -torch.log(ratio), 0.0))
+    return sum(terms)
+
+def scene_class_affinity_loss(logits: Tensor, semantics: Tensor, mask: Tensor, free_index: int) -> Tensor:
+    """MonoScene's scene-class affinity losses (`sem_scal_loss` + `geo_scal_loss`) over masked voxels.
+
+    Cross-entropy scores each voxel alone, so a class that fills 0.1 % of the visible voxels barely
+    moves it; these terms score each class as a set: its precision, recall and specificity over the
+    batch's visible voxels, each as -log, like the IoU the metric takes. The semantic term averages
+    over the classes present; the geometric one treats every class but `free` as occupied. All
+    three ratios come from per-class sums, so the cost is one softmax.
+
+    Args:
+        logits: B x X x Y x Z x K; semantics: B x X x Y x Z class indices (IGNORE_INDEX skipped);
+        mask: B x X x Y x Z bool, the camera visibility mask.
+    """
+    num_classes = logits.shape[-1]
+    labels = semantics.reshape(-1).long()
+    keep = (mask.reshape(-1) & (labels != IGNORE_INDEX)).float()
+    labels = labels.clamp(0, num_classes - 1)
+    probabilities = logits.reshape(-1, num_classes).float().softmax(-1)  # V x K, all voxels
+    total = keep.sum()
+    predicted = keep @ probabilities
+    own = probabilities.gather(1, labels[:, None])[:, 0] * keep  # each kept voxel's own-class probability
+    hits = own.new_zeros(num_classes).index_add(0, labels, own)
+    actual = keep.new_zeros(num_classes).index_add(0, labels, keep)
+    present = actual > 0
+    if not present.any():
+        return logits.sum() * 0.0
+    semantic = _affinity_terms(hits, predicted, actual, total)[present].mean()
+    # Occupied = not free: its probability mass over occupied voxels is the free class's misses.
+    occupied_actual = total - actual[free_index]
+    occupied_predicted = total - predicted[free_index]
+    occupied_hits = occupied_actual - (predicted[free_index] - hits[free_index])
+    return semantic + _affinity_terms(occupied_hits, occupied_predicted, occupied_actual, total)
