@@ -152,7 +152,7 @@ def test_demo_tiny_step_with_depth_supervision_learns(root, tmp_path):
     config = CONFIGS["demo-tiny"]
     options = TrainOptions(config="demo-tiny", data_root=root, work_dir=tmp_path, batch_size=1)
     recipe = replace(recipe_for("demo-tiny"), warmup_iters=0)  # full lr from the first step
-    trainer = build_trainer(options, recipe, Distributed(0, 1, torch.device("cpu")))
+    trainer = build_trainer(options, recipe, Distributed(0, 1, torch.device("cpu")), max_iters=1)
     assert trainer.depth_loss_weight == 3.0
     trainer.model.train()
     batch = collate([OccupancyDataset(root, "train", config.input_size, depth=True)[0]])

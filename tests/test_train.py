@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,13 +16,12 @@ from tiny_dataset import MICRO_CONFIG, write_tiny_dataset
 from occ.cli import main as occ_main
 from training import train as training
 from training.models.configs import CONFIGS, build_model
-from training.train import LinearWarmup, ModelEMA, TrainOptions, latest_checkpoint, save_atomic
+from training.train import LrSchedule, ModelEMA, TrainOptions, checkpoint_path, latest_checkpoint, save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-# 5 + resume + 5 against 10 straight (20 + 20 against 40 holds too, but takes ~100 s on a shared
-# 2-core machine); 3 frames in batches of 1 make 3 iterations per epoch, so both halves cross epoch
-# boundaries and the resume starts mid-epoch.
-TRAIN_FRAMES, HALF, BATCH = 3, 5, 1
+# The check: 20 iterations, an interruption, a resume and 20 more equal 40 straight. 3 frames
+# in batches of 1 make 3 iterations per epoch, so the resume starts mid-epoch.
+TRAIN_FRAMES, HALF, BATCH = 3, 20, 1
 
 
 @pytest.fixture
@@ -44,9 +44,14 @@ def run_training(data_root: Path, work_dir: Path, config: str, max_iters: int, r
     return training.train(options)
 
 
-def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config):
+def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monkeypatch):
+    # Cosine annealing too, so the resumed schedule must continue where it stood.
+    monkeypatch.setitem(training.RECIPES, micro_config, replace(training.TrainRecipe(), warmup_iters=3,
+                                                                cosine_min_ratio=0.01))
     straight = run_training(data_root, tmp_path / "straight", micro_config, 2 * HALF)
-    run_training(data_root, tmp_path / "resumed", micro_config, HALF)
+    # An interruption right after the checkpoint at HALF: a work dir holding only that checkpoint.
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(checkpoint_path(tmp_path / "straight", HALF), checkpoint_path(tmp_path / "resumed", HALF))
     resumed = run_training(data_root, tmp_path / "resumed", micro_config, 2 * HALF, resume=True)
     a = torch.load(straight, weights_only=True)
     b = torch.load(resumed, weights_only=True)
@@ -60,6 +65,7 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config):
     for index, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 2 * HALF
+    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
     assert a["ema"]["updates"] == b["ema"]["updates"]
     # The run also left its logs, TensorBoard events and curve.
     work = tmp_path / "straight"
@@ -132,11 +138,21 @@ def test_checkpoint_appears_only_complete(tmp_path, monkeypatch):
 
 
 def test_warmup_matches_mmcv_linear_warmup():
-    warmup = LinearWarmup(iters=200, ratio=0.001)
+    warmup = LrSchedule(warmup_iters=200, warmup_ratio=0.001)
     # mmcv: lr = base * (1 - (1 - i / warmup_iters) * (1 - warmup_ratio)) during warm-up.
     assert warmup(0) == pytest.approx(0.001)
     assert warmup(100) == pytest.approx(1 - 0.5 * 0.999)
     assert warmup(200) == warmup(5000) == 1.0
+
+
+def test_cosine_annealing_matches_mmcv_with_warmup():
+    schedule = LrSchedule(warmup_iters=100, warmup_ratio=0.1, total_iters=1000, min_ratio=0.01)
+    # mmcv's CosineAnnealing: min + (1 - min) * (1 + cos(pi * i / total)) / 2, times the warm-up factor.
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(50) == pytest.approx((0.01 + 0.99 * (1 + math.cos(math.pi * 0.05)) / 2) * 0.55)
+    assert schedule(500) == pytest.approx(0.505)
+    assert schedule(1000) == pytest.approx(0.01)
+    assert schedule(100) > schedule(400) > schedule(900)
 
 
 def test_ema_follows_megvii_decay():

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from copy import deepcopy
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,16 +51,21 @@ class TrainRecipe:
     grad_max_norm: float = 5.0
     warmup_iters: int = 200
     warmup_ratio: float = 0.001  # lr factor at iteration 0
+    cosine_min_ratio: float | None = None  # None: constant lr after warm-up (the reference's); else
+    # cosine annealing to this fraction of lr at the last iteration
     ema_decay: float | None = 0.999  # None: no EMA
     ema_init_updates: int = 10560  # MEGVIIEMAHook's init_updates: where the decay ramp starts
     batch_size: int = 4  # per process (samples_per_gpu)
     max_epochs: int = 24
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 # demo-tiny learns from scratch in a few hundred CPU iterations: a larger lr, a short warm-up, and an
-# EMA whose ramp starts at 0 so that it follows the weights closely in short runs.
+# EMA whose ramp starts at 0 so that it follows the weights closely in short runs. The reference's
+# resize range is added to the scale 704 / 1600; at 352 pixels wide the same relative range is half.
 RECIPES: dict[str, TrainRecipe] = {
-    "demo-tiny": TrainRecipe(lr=1e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=20),
+    "demo-tiny": TrainRecipe(lr=1e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=20,
+                             cosine_min_ratio=0.01, augment=AugmentConfig(resize_lim=(-0.03, 0.055))),
 }
 
 
@@ -142,20 +147,29 @@ class ModelEMA:
         self.updates = state["updates"]
 
 
-class LinearWarmup:
-    """lr factor of mmcv's linear warm-up: from `ratio` at iteration 0 to 1 at `iters`, then 1.
+class LrSchedule:
+    """lr factor per iteration, as mmcv's hooks compute it: the regular factor (1 for the reference's
+    constant lr, or cosine annealing from 1 to `min_ratio` over `total_iters`) times the linear
+    warm-up factor, which rises from `warmup_ratio` at iteration 0 to 1 at `warmup_iters`.
 
     A class rather than a lambda so LambdaLR saves and restores it with the scheduler.
     """
 
-    def __init__(self, iters: int, ratio: float) -> None:
-        self.iters = iters
-        self.ratio = ratio
+    def __init__(self, warmup_iters: int, warmup_ratio: float, total_iters: int | None = None,
+                 min_ratio: float | None = None) -> None:
+        self.warmup_iters = warmup_iters
+        self.warmup_ratio = warmup_ratio
+        self.total_iters = total_iters
+        self.min_ratio = min_ratio
 
     def __call__(self, step: int) -> float:
-        if step >= self.iters:
-            return 1.0
-        return 1.0 - (1.0 - step / self.iters) * (1.0 - self.ratio)
+        factor = 1.0
+        if self.min_ratio is not None and self.total_iters:
+            progress = min(step / self.total_iters, 1.0)
+            factor = self.min_ratio + 0.5 * (1.0 - self.min_ratio) * (1.0 + math.cos(math.pi * progress))
+        if step < self.warmup_iters:
+            factor *= 1.0 - (1.0 - step / self.warmup_iters) * (1.0 - self.warmup_ratio)
+        return factor
 
 
 class SkipSampler(Sampler[int]):
@@ -238,7 +252,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed) -> Trainer:
+def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed, max_iters: int) -> Trainer:
     config = model_config(options)
     raw_model = build_model(config).to(env.device)
     if options.load_from:
@@ -249,8 +263,8 @@ def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed) 
                                         else None)
     optimizer = torch.optim.AdamW(raw_model.parameters(), lr=options.lr or recipe.lr,
                                   weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LinearWarmup(recipe.warmup_iters,
-                                                                          recipe.warmup_ratio))
+    schedule = LrSchedule(recipe.warmup_iters, recipe.warmup_ratio, max_iters, recipe.cosine_min_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     precision = autocast_dtype(env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
     ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
@@ -353,7 +367,11 @@ def restore(trainer: Trainer, path: Path, config_name: str) -> TrainState:
         raise InputError(f"checkpoint {path}: trained config {content['config']!r}, not {config_name!r}")
     trainer.raw_model.load_state_dict(content["train_state_dict"])
     trainer.optimizer.load_state_dict(content["optimizer"])
+    # The schedule's length stays this run's (mmcv reads max_iters at run time): a resume that
+    # extends --max-iters anneals over the new length.
+    total_iters = trainer.scheduler.lr_lambdas[0].total_iters
     trainer.scheduler.load_state_dict(content["scheduler"])
+    trainer.scheduler.lr_lambdas[0].total_iters = total_iters
     trainer.scaler.load_state_dict(content["scaler"])
     if trainer.ema and content["ema"]:
         trainer.ema.load_state_dict(content["ema"])
@@ -381,7 +399,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     recipe = recipe_for(options.config)
     config = model_config(options)
     batch_size = options.batch_size or recipe.batch_size
-    dataset = OccupancyDataset(options.data_root, "train", config.input_size, AugmentConfig(), options.seed,
+    dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
                                depth=config.depth_loss_weight > 0)
     loader, sampler, skipping = build_loader(dataset, batch_size, options, env)
     iters_per_epoch = len(sampler) // batch_size
@@ -391,7 +409,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     max_iters = total_iterations(options, recipe, iters_per_epoch)
 
     seed_everything(options.seed)  # same initial weights on every rank
-    trainer = build_trainer(options, recipe, env)
+    trainer = build_trainer(options, recipe, env, max_iters)
     state = TrainState(history=[])
     options.work_dir.mkdir(parents=True, exist_ok=True)
     if options.resume:
