@@ -31,7 +31,6 @@ test: install-dev
 
 lint: install-dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 
 # The demo model's recipe (model_repository/demo-tiny/*/model_card.md): a synthetic world (~20 min on
 # 2 cores), then `occ train` with demo-tiny's recipe (1,700 iterations), evaluation on the held-out
