@@ -210,7 +210,7 @@ def main() -> None:
     for name, pool in FORMULATIONS.items():
         if args.only and name not in args.only:
             continue
-        row = [name] + (["-"] * 3 if name in EAGER_ONLY else onnx_columns(pool, grid, inputs, reference,
+        row = [name] + (["-"] * 4 if name in EAGER_ONLY else onnx_columns(pool, grid, inputs, reference,
                                                                            args.repeats))
         with torch.no_grad():
             for threads in (1, 2):
