@@ -1,5 +1,6 @@
 """Checkpoints: round trips, reference (mmcv) layouts, and one clear error for every mismatch."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,6 +63,10 @@ def test_missing_unexpected_and_misshaped_keys_give_one_error(tiny, tmp_path):
 def test_files_that_are_not_checkpoints_are_input_errors(tmp_path):
     garbage = tmp_path / "notes.pth"
     garbage.write_bytes(b"these are not weights")
+    with pytest.raises(InputError, match="not a PyTorch checkpoint"):
+        read_checkpoint(garbage)
+    # Random bytes fail torch's weights-only unpickler too, but are no pickle of objects either.
+    garbage.write_bytes(np.random.default_rng(0).bytes(1000))
     with pytest.raises(InputError, match="not a PyTorch checkpoint"):
         read_checkpoint(garbage)
     with pytest.raises(InputError, match="no such file"):

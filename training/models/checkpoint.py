@@ -31,7 +31,8 @@ def read_checkpoint(path: str | Path, trusted: bool = False) -> dict:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
+        # torch says "can still be loaded" only when the pickle is sound but holds other objects.
+        if "can still be loaded" not in str(error).lower():
             raise InputError(f"checkpoint {path}: not a PyTorch checkpoint ({_first_line(error)})") from None
         if not trusted:
             raise InputError(
