@@ -15,8 +15,6 @@ import argparse
 import os
 import platform
 import shlex
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import numpy as np
 from clients.bench import bench
 from clients.client import OccupancyClient, Prediction, PredictRequest, build_request
 from clients.dataset import dataset_frame, load_samples
+from clients.local_gateway import running_gateway
 from occupancy.classes import FREE_CLASS
 
 CONFIGS = ("demo-tiny", "flashocc-r50-256x704")
@@ -59,33 +58,6 @@ def export(repository: Path, configs: list[str]) -> dict[str, float]:
         export_to_repository(name, None, repository, log=lambda message: print(f"  {message}", flush=True))
         seconds[name] = time.perf_counter() - started
     return seconds
-
-
-def start_server(repository: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = log_path.open("w")
-    process = subprocess.Popen([sys.executable, "-m", "occ", "serve", "--port", str(port),
-                                "--repository", str(repository)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    with OccupancyClient(url, timeout=5) as client:
-        while not client.ready():
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise SystemExit(f"occ serve did not become ready:\n{log_path.read_text()}")
-            time.sleep(0.3)
-    return process, url
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def sequential(
@@ -144,8 +116,8 @@ def main() -> None:
         repository = Path(folder) / "repository"
         print(f"exporting {', '.join(args.configs)} (random weights) into {repository}", flush=True)
         export_seconds = export(repository, args.configs)
-        process, url = start_server(repository, Path(folder) / "serve.log")
-        try:
+        with running_gateway("--repository", str(repository), log_path=Path(folder) / "serve.log",
+                             timeout_s=120) as url:
             rows, extra, notes = [], [], []
             with OccupancyClient(url, timeout=120) as client:
                 for name in args.configs:
@@ -163,8 +135,6 @@ def main() -> None:
                     load = bench(url, requests_for(frames, "demo-tiny", "dense")[0], requests=args.requests,
                                  concurrency=2, warmup=1)
             server_log = (Path(folder) / "serve.log").read_text()
-        finally:
-            stop(process)
     header = ("| model | requests | decode | preprocess | inference | encode | server total | round trip "
               "| round trip p90 | HTTP overhead | body KiB | non-free % | load avg 1 min |")
     rule = "| --- " * 13 + "|"

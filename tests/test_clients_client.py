@@ -15,11 +15,11 @@ from conftest_service import (
     write_model,
 )
 from fastapi.testclient import TestClient
-from gateway_process import running_gateway
 
 from clients.bench import BenchResult, bench, require_loopback
 from clients.client import GatewayError, OccupancyClient, build_request, parse_server_timing
 from clients.dataset import dataset_frame
+from clients.local_gateway import running_gateway
 from occ.cli import main
 from occupancy.calibration import parse_calibration
 from occupancy.cameras import CAMERA_NAMES

@@ -15,8 +15,8 @@ from conftest_service import (
     run_model,
     write_model,
 )
-from gateway_process import running_gateway
 
+from clients.local_gateway import running_gateway
 from occ.cli import main
 from occupancy.encoding import decode_dense
 
