@@ -356,7 +356,8 @@ def test_full_queue_is_503_with_retry_after(settings, frame):
     assert (first.status_code, second.status_code) == (200, 200)
     _assert_error(third, 503, "overloaded")
     assert third.headers["retry-after"] == "3"
-    assert "occ_requests_in_flight 1.0" in metrics and "occ_requests_queued 1.0" in metrics
+    assert 'occ_requests_in_flight{backend="embedded"} 1.0' in metrics
+    assert 'occ_requests_queued{backend="embedded"} 1.0' in metrics
 
 
 def test_backend_slower_than_the_timeout_is_504(settings, frame):

@@ -34,8 +34,10 @@ class Metrics:
         )
         self.frames = Counter("occ_frames", "Frames answered with a grid (its rate is the FPS).",
                               ("backend", "model"), registry=r)
-        self.in_flight = Gauge("occ_requests_in_flight", "Frames being processed now.", registry=r)
-        self.queued = Gauge("occ_requests_queued", "Frames waiting for a processing slot.", registry=r)
+        self.in_flight = Gauge("occ_requests_in_flight", "Frames being processed now.", ("backend",),
+                               registry=r).labels(self.backend)
+        self.queued = Gauge("occ_requests_queued", "Frames waiting for a processing slot.", ("backend",),
+                            registry=r).labels(self.backend)
 
     def count_request(self, model: str, status: int, encoding: str) -> None:
         self.requests.labels(backend=self.backend, model=model, status=str(status), encoding=encoding).inc()
