@@ -33,8 +33,8 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 
 # The demo model's recipe (model_repository/demo-tiny/*/model_card.md): a synthetic world (~20 min on
-# 2 cores), then `occ train` with demo-tiny's recipe (1,700 iterations), evaluation on the held-out
-# scenes, and export into a new version of model_repository/demo-tiny.
+# 2 cores), then `occ train` with demo-tiny's recipe (1,700 iterations, ~28 min on 2 idle cores),
+# evaluation on the held-out scenes, and export into a new version of model_repository/demo-tiny.
 DEMO_DATA ?= work/synth-demo
 DEMO_RUN ?= work/demo-tiny
 

@@ -41,7 +41,7 @@ def test_default_settings_serve_the_committed_demo_model_on_the_example_frame():
     np.testing.assert_array_equal(served, expected)
 
 
-def test_demo_model_learned_the_ground_of_an_unseen_frame():
+def test_demo_model_learned_the_ground_and_objects_of_an_unseen_frame():
     """A trained model, not a random one: the example frame's scene was held out of training."""
     images, calibration = _example()
     inputs = reference_inputs(images, calibration, (128, 352))
@@ -51,6 +51,10 @@ def test_demo_model_learned_the_ground_of_an_unseen_frame():
     metric.update(prediction, labels["semantics"], labels["mask_camera"])
     iou = metric.per_class_iou()
     assert iou["driveable_surface"] > 50.0 and iou["terrain"] > 50.0, metric.table()
+    # Objects too (the first demo model predicted none): the vehicle classes present average > 5 IoU.
+    vehicles = [iou[name] for name in ("bus", "car", "construction_vehicle", "truck")
+                if not np.isnan(iou[name])]
+    assert vehicles and np.mean(vehicles) > 5.0, metric.table()
 
 
 def test_model_card_describes_the_committed_model():
