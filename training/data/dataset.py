@@ -262,6 +262,7 @@ class OccupancyDataset(Dataset):
             raise InputError(f"{path}: not a JPEG or PNG image with a readable size")
         return data, size
 
+
 def read_labels(path: Path, flip: BevFlip | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`semantics` and `mask_camera` (X x Y x Z uint8) of an Occ3D labels.npz, mirrored by `flip`."""
     try:

@@ -53,7 +53,6 @@ def masked_cross_entropy(
     return (per_voxel * weight).sum() / (avg_factor + torch.finfo(torch.float32).eps)
 
 
-
 def _affinity_terms(hits: Tensor, predicted: Tensor, actual: Tensor, total: Tensor) -> Tensor:
     """-log precision, -log recall and -log specificity of soft predictions, from sums per set:
     `hits` = sum of the probabilities over the set's voxels, `predicted` = over all voxels, `actual` =
@@ -67,6 +66,7 @@ def _affinity_terms(hits: Tensor, predicted: Tensor, actual: Tensor, total: Tens
         ratio = (numerator / denominator.clamp(min=eps)).clamp(eps, 1.0)
         terms.append(torch.where(denominator > 0, -torch.log(ratio), 0.0))
     return sum(terms)
+
 
 def scene_class_affinity_loss(logits: Tensor, semantics: Tensor, mask: Tensor, free_index: int) -> Tensor:
     """MonoScene's scene-class affinity losses (`sem_scal_loss` + `geo_scal_loss`) over masked voxels.
