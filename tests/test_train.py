@@ -72,6 +72,12 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monk
     assert (work / "train.log").read_text().count(f"step {2 * HALF} ") == 1
     assert list((work / "tensorboard").glob("events.out.tfevents.*"))
     assert (work / "training_curve.png").stat().st_size > 0
+    # A resume that extends --max-iters anneals over the new length, not the checkpoint's.
+    options = TrainOptions(config=micro_config, data_root=data_root, work_dir=work)
+    trainer = training.build_trainer(options, training.recipe_for(micro_config),
+                                     training.Distributed(0, 1, torch.device("cpu")), max_iters=4 * HALF)
+    training.restore(trainer, checkpoint_path(work, HALF), micro_config)
+    assert trainer.scheduler.lr_lambdas[0].total_iters == 4 * HALF
 
 
 def test_training_changes_weights_and_keeps_config_name(data_root, tmp_path, micro_config):

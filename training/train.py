@@ -62,8 +62,8 @@ class TrainRecipe:
 
 # demo-tiny learns from scratch in 1,700 CPU iterations: a 20x larger lr annealed by cosine (2e-3 beat
 # 1e-3 by 1.1 mIoU), a short warm-up, and an EMA whose ramp starts at 0 so that it follows the weights
-# closely in short runs. The reference's
-# resize range is added to the scale 704 / 1600; at 352 pixels wide the same relative range is half.
+# closely in short runs. The reference's resize range is added to the scale 704 / 1600; at 352 pixels
+# wide the same relative range is half.
 RECIPES: dict[str, TrainRecipe] = {
     "demo-tiny": TrainRecipe(lr=2e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=20,
                              cosine_min_ratio=0.01, augment=AugmentConfig(resize_lim=(-0.03, 0.055))),
