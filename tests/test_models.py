@@ -15,7 +15,7 @@ from training.models.configs import CONFIGS, build_model
 from training.models.heads import BEVOCCHead2D, BEVOCCHead3D
 from training.models.losses import (
     OCC3D_CLASS_FREQUENCIES,
-    masked_cross_entropy,
+    cross_entropy_loss,
     occ3d_class_weights,
     scene_class_affinity_loss,
 )
@@ -134,32 +134,33 @@ def _brute_force_loss(logits, semantics, mask, weights=None):
     return total / norm
 
 
-def test_loss_is_the_mean_over_camera_visible_voxels():
+@pytest.mark.parametrize("class_balance", [False, True])
+def test_loss_is_the_mean_over_camera_visible_voxels(class_balance):
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 4, 3, 2, 6, generator=gen)
     semantics = torch.randint(0, 6, (2, 4, 3, 2), generator=gen)
     semantics[0, 0, 0, 0] = IGNORE_INDEX
     mask = torch.rand(2, 4, 3, 2, generator=gen) > 0.4
     mask[0, 0, 0, 0] = True
-    loss = masked_cross_entropy(logits, semantics, mask)
-    assert loss.item() == pytest.approx(_brute_force_loss(logits, semantics, mask), rel=1e-5)
-
-    weights = occ3d_class_weights(6)
-    balanced = masked_cross_entropy(logits, semantics, mask, weights)
-    assert balanced.item() == pytest.approx(_brute_force_loss(logits, semantics, mask, weights), rel=1e-5)
+    head = BEVOCCHead2D(num_classes=6, class_balance=class_balance)
+    weights = occ3d_class_weights(6) if class_balance else None
+    loss = head.loss(logits, OccupancyTargets(semantics, mask))
+    assert loss.item() == pytest.approx(_brute_force_loss(logits, semantics, mask, weights), rel=1e-5)
 
     # A voxel the cameras do not see changes nothing, whatever its logits and label.
     hidden = tuple((~mask).nonzero()[0].tolist())
     logits2, semantics2 = logits.clone(), semantics.clone()
     logits2[hidden] = 100 * torch.randn(6)
     semantics2[hidden] = (semantics[hidden] + 1) % 6
-    assert torch.equal(masked_cross_entropy(logits2, semantics2, mask), loss)
-    assert torch.equal(masked_cross_entropy(logits2, semantics2, mask, weights), balanced)
+    assert torch.equal(head.loss(logits2, OccupancyTargets(semantics2, mask)), loss)
 
     grad_logits = logits.clone().requires_grad_()
-    masked_cross_entropy(grad_logits, semantics, mask).backward()
-    assert grad_logits.grad[~mask].abs().max() == 0
+    head.loss(grad_logits, OccupancyTargets(semantics, mask)).backward()
+    assert grad_logits.grad[~mask].abs().max() == 0 and grad_logits.grad[mask].abs().max() > 0
 
+
+def test_cross_entropy_of_no_voxels_is_zero():
+    assert cross_entropy_loss(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)).item() == 0.0
 
 
 def _affinity_by_loops(probabilities: torch.Tensor, labels: torch.Tensor, free: int) -> float:
@@ -184,15 +185,14 @@ def test_scene_class_affinity_loss_is_per_class_precision_recall_specificity():
     mask = torch.rand(2, 4, 3, 2, generator=gen) > 0.3
     keep = mask & (semantics != IGNORE_INDEX)
     expected = _affinity_by_loops(logits[keep].double().softmax(-1), semantics[keep], free=5)
-    assert scene_class_affinity_loss(logits, semantics, mask, free_index=5).item() == pytest.approx(expected,
-                                                                                                   rel=1e-5)
+    loss = scene_class_affinity_loss(logits[mask], semantics[mask], free_index=5)  # ignored labels skipped
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
     # Confident, right predictions cost nothing; the gradient stays finite with absent classes.
-    perfect = (50.0 * F.one_hot(semantics.clamp(max=5), 6).float()).requires_grad_()
-    loss = scene_class_affinity_loss(perfect, semantics, mask, free_index=5)
+    perfect = (50.0 * F.one_hot(semantics[mask].clamp(max=5), 6).float()).requires_grad_()
+    loss = scene_class_affinity_loss(perfect, semantics[mask], free_index=5)
     loss.backward()
     assert loss.item() < 1e-4 and perfect.grad.isfinite().all()
-    assert perfect.grad[~mask].abs().max() == 0
 
 
 def test_class_weights_are_inverse_log_frequencies():
@@ -239,7 +239,7 @@ def test_use_mask_false_trains_on_hidden_voxels_too(head_class):
         head = head_class(num_classes=NUM_CLASSES, use_mask=use_mask, scene_class_affinity=True)
         losses = [head.loss(logits, OccupancyTargets(labels, mask)) for labels in (semantics, relabelled)]
         assert torch.equal(losses[0], losses[1]) == use_mask
-        everywhere = torch.ones_like(mask) if not use_mask else mask
-        expected = (masked_cross_entropy(logits, semantics, everywhere)
-                    + scene_class_affinity_loss(logits, semantics, everywhere, FREE_CLASS))
+        seen = torch.ones_like(mask) if not use_mask else mask
+        expected = (cross_entropy_loss(logits[seen], semantics[seen])
+                    + scene_class_affinity_loss(logits[seen], semantics[seen], FREE_CLASS))
         assert torch.allclose(losses[0], expected)

@@ -23,34 +23,30 @@ def occ3d_class_weights(num_classes: int = 18) -> Tensor:
     return (1.0 / torch.log(frequencies + 0.001)).float()
 
 
-def masked_cross_entropy(
-    logits: Tensor, semantics: Tensor, mask: Tensor, class_weights: Tensor | None = None
-) -> Tensor:
-    """Mean cross-entropy over the voxels where `mask` is set.
+def cross_entropy_loss(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the voxels given (the head passes the camera-visible ones).
 
     Args:
-        logits: B x X x Y x Z x K.
-        semantics: B x X x Y x Z class indices; IGNORE_INDEX (255) contributes zero loss.
-        mask: B x X x Y x Z bool, the camera visibility mask.
+        logits: V x K, one row per voxel.
+        labels: V class indices; IGNORE_INDEX (255) contributes zero loss.
         class_weights: K weights, or None for plain cross-entropy.
 
     Returns:
-        A scalar: the sum of (class-weighted) losses over masked voxels divided by the number of
-        masked voxels, or, with class weights, by the sum of their labels' weights (the reference's
-        avg_factor; ignored labels count in the plain denominator but not in the weighted one).
+        A scalar: the sum of (class-weighted) losses divided by the number of voxels, or, with class
+        weights, by the sum of their labels' weights (the reference's avg_factor; ignored labels count
+        in the plain denominator but not in the weighted one).
     """
     num_classes = logits.shape[-1]
-    labels = semantics.reshape(-1).long()
-    weight = mask.reshape(-1).to(logits.dtype)
-    per_voxel = F.cross_entropy(logits.reshape(-1, num_classes), labels, weight=class_weights,
-                                reduction="none", ignore_index=IGNORE_INDEX)
+    labels = labels.long()
+    per_voxel = F.cross_entropy(logits, labels, weight=class_weights, reduction="none",
+                                ignore_index=IGNORE_INDEX)
     if class_weights is None:
-        avg_factor = weight.sum()
+        avg_factor = torch.tensor(float(labels.numel()), device=logits.device)
     else:
         valid = (labels >= 0) & (labels < num_classes)
-        avg_factor = (class_weights[labels.clamp(0, num_classes - 1)] * valid * weight).sum()
-    # mmdet's weight_reduce_loss adds float32 eps so that an empty mask gives 0, not NaN.
-    return (per_voxel * weight).sum() / (avg_factor + torch.finfo(torch.float32).eps)
+        avg_factor = (class_weights[labels.clamp(0, num_classes - 1)] * valid).sum()
+    # mmdet's weight_reduce_loss adds float32 eps so that no voxel at all gives 0, not NaN.
+    return per_voxel.sum() / (avg_factor + torch.finfo(torch.float32).eps)
 
 
 def _affinity_terms(hits: Tensor, predicted: Tensor, actual: Tensor, total: Tensor) -> Tensor:
@@ -68,8 +64,8 @@ def _affinity_terms(hits: Tensor, predicted: Tensor, actual: Tensor, total: Tens
     return sum(terms)
 
 
-def scene_class_affinity_loss(logits: Tensor, semantics: Tensor, mask: Tensor, free_index: int) -> Tensor:
-    """MonoScene's scene-class affinity losses (`sem_scal_loss` + `geo_scal_loss`) over masked voxels.
+def scene_class_affinity_loss(logits: Tensor, labels: Tensor, free_index: int) -> Tensor:
+    """MonoScene's scene-class affinity losses (`sem_scal_loss` + `geo_scal_loss`) over the voxels given.
 
     Cross-entropy scores each voxel alone, so a class that fills 0.1 % of the visible voxels barely
     moves it; these terms score each class as a set: its precision, recall and specificity over the
@@ -78,14 +74,14 @@ def scene_class_affinity_loss(logits: Tensor, semantics: Tensor, mask: Tensor, f
     three ratios come from per-class sums, so the cost is one softmax.
 
     Args:
-        logits: B x X x Y x Z x K; semantics: B x X x Y x Z class indices (IGNORE_INDEX skipped);
-        mask: B x X x Y x Z bool, the camera visibility mask.
+        logits: V x K, one row per voxel (the head passes the camera-visible ones).
+        labels: V class indices; IGNORE_INDEX voxels are skipped.
     """
     num_classes = logits.shape[-1]
-    labels = semantics.reshape(-1).long()
-    keep = (mask.reshape(-1) & (labels != IGNORE_INDEX)).float()
+    labels = labels.long()
+    keep = (labels != IGNORE_INDEX).float()
     labels = labels.clamp(0, num_classes - 1)
-    probabilities = logits.reshape(-1, num_classes).float().softmax(-1)  # V x K, all voxels
+    probabilities = logits.float().softmax(-1)
     total = keep.sum()
     predicted = keep @ probabilities
     own = probabilities.gather(1, labels[:, None])[:, 0] * keep  # each kept voxel's own-class probability
