@@ -44,10 +44,11 @@ def run_training(data_root: Path, work_dir: Path, config: str, max_iters: int, r
     return training.train(options)
 
 
-def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monkeypatch):
+@pytest.mark.parametrize("cpu_bf16", [False, True], ids=["fp32", "bf16"])
+def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monkeypatch, cpu_bf16):
     # Cosine annealing too, so the resumed schedule must continue where it stood.
     monkeypatch.setitem(training.RECIPES, micro_config, replace(training.TrainRecipe(), warmup_iters=3,
-                                                                cosine_min_ratio=0.01))
+                                                                cosine_min_ratio=0.01, cpu_bf16=cpu_bf16))
     straight = run_training(data_root, tmp_path / "straight", micro_config, 2 * HALF)
     # An interruption right after the checkpoint at HALF: a work dir holding only that checkpoint.
     (tmp_path / "resumed").mkdir()
@@ -69,7 +70,9 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monk
     assert a["ema"]["updates"] == b["ema"]["updates"]
     # The run also left its logs, TensorBoard events and curve.
     work = tmp_path / "straight"
-    assert (work / "train.log").read_text().count(f"step {2 * HALF} ") == 1
+    log = (work / "train.log").read_text()
+    assert log.count(f"step {2 * HALF} ") == 1
+    assert f"precision torch.{'bfloat16' if cpu_bf16 else 'float32'}" in log
     assert list((work / "tensorboard").glob("events.out.tfevents.*"))
     assert (work / "training_curve.png").stat().st_size > 0
     # A resume that extends --max-iters anneals over the new length, not the checkpoint's.
@@ -178,6 +181,20 @@ def test_missing_index_says_to_run_prepare(tmp_path, capsys):
                      str(tmp_path / "work"), "--max-iters", "1"])
     assert code == 2
     assert "occ prepare" in capsys.readouterr().err
+
+
+def test_fp32_overrides_the_recipes_cpu_bf16(tmp_path):
+    assert training.recipe_for("demo-tiny").cpu_bf16
+    cpu = training.Distributed(0, 1, torch.device("cpu"))
+    options = TrainOptions(config="demo-tiny", data_root=tmp_path, work_dir=tmp_path)
+    recipe = training.recipe_for("demo-tiny")
+
+    def precision(options: TrainOptions, recipe: training.TrainRecipe) -> torch.dtype | None:
+        return training.build_trainer(options, recipe, cpu, max_iters=1).autocast_dtype
+
+    assert precision(options, recipe) == torch.bfloat16
+    assert precision(replace(options, fp32=True), recipe) is None
+    assert precision(options, training.TrainRecipe()) is None
 
 
 def test_grad_checkpointing_reaches_the_config(tmp_path):

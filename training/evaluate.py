@@ -38,9 +38,10 @@ def eval_loader(data_root: Path, split: str, input_size: tuple[int, int], batch_
 
 @torch.no_grad()
 def predict_torch(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> Predictions:
-    """Argmax classes of a PyTorch model (eval mode, the training precision of the device)."""
+    """Argmax classes of a PyTorch model (eval mode; mixed precision on a GPU, float32 on a CPU
+    like the exported model there)."""
     model.eval().to(device)
-    dtype = autocast_dtype(device)
+    dtype = autocast_dtype(device, cpu_bf16=False)
     for batch in loader:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             classes = model.predict(batch.camera_batch(device))

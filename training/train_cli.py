@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="recompute backbone activations in the backward pass (less memory, more time)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="train in float32 throughout (default: bf16/fp16 autocast on GPUs, bf16 on CPUs "
+                             "where the config's recipe asks for it)")
     parser.add_argument("--log-interval", type=int, default=10, help="iterations between log lines")
 
 
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, data_root=args.data_root, work_dir=args.work_dir, max_epochs=args.max_epochs,
         max_iters=args.max_iters, batch_size=args.batch_size, lr=args.lr, num_workers=args.num_workers,
         checkpoint_interval=args.checkpoint_interval, resume=args.resume, load_from=args.load_from,
-        seed=args.seed, grad_checkpointing=args.grad_checkpointing, log_interval=args.log_interval,
+        seed=args.seed, grad_checkpointing=args.grad_checkpointing, fp32=args.fp32,
+        log_interval=args.log_interval,
     ))
     if os.environ.get("RANK", "0") == "0":
         print(f"final checkpoint: {final}")
