@@ -33,7 +33,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check .
 
 # The demo model's recipe (model_repository/demo-tiny/*/model_card.md): a synthetic world (~20 min on
-# 2 cores), then `occ train` with demo-tiny's recipe (1,700 iterations, ~28 min on 2 idle cores),
+# 2 cores), then `occ train` with demo-tiny's recipe (2,550 iterations, ~26 min on 2 idle cores),
 # evaluation on the held-out scenes, and export into a new version of model_repository/demo-tiny.
 DEMO_DATA ?= work/synth-demo
 DEMO_RUN ?= work/demo-tiny
@@ -44,9 +44,9 @@ demo-data: install-dev
 
 demo-model: install-dev
 	$(VENV)/bin/occ train --config demo-tiny --data-root $(DEMO_DATA) --work-dir $(DEMO_RUN) --num-workers 1
-	$(VENV)/bin/occ eval --config demo-tiny --checkpoint $(DEMO_RUN)/iter_0001700.pt --data-root $(DEMO_DATA) \
+	$(VENV)/bin/occ eval --config demo-tiny --checkpoint $(DEMO_RUN)/iter_0002550.pt --data-root $(DEMO_DATA) \
 		--json $(DEMO_RUN)/eval.json
-	$(VENV)/bin/occ export --config demo-tiny --checkpoint $(DEMO_RUN)/iter_0001700.pt --repository model_repository
+	$(VENV)/bin/occ export --config demo-tiny --checkpoint $(DEMO_RUN)/iter_0002550.pt --repository model_repository
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
