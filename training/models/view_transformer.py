@@ -232,7 +232,7 @@ class LSSViewTransformer(nn.Module):
         b, n, c_in, feat_h, feat_w = image_feats.shape
         x = self.depth_net(image_feats.reshape(b * n, c_in, feat_h, feat_w))
         # fp32 under autocast: bf16 rounds a confident bin to exactly 1 (the others to 0), and the depth
-        # loss's BCE gradient then divides by 0: training blew up 700 iterations into a bf16 CPU run.
+        # loss's BCE gradient then divides by its 1e-12 floor: a bf16 CPU run blew up at iteration 700.
         depth = x[:, : self.D].float().softmax(dim=1).view(b, n, self.D, feat_h, feat_w)
         context = x[:, self.D : self.D + self.out_channels].view(b, n, self.out_channels, feat_h, feat_w)
         voxel_index = self.voxel_index(self.ego_points(batch))
