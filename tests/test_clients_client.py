@@ -1,12 +1,13 @@
 """The client library against the gateway: in-process (FastAPI's TestClient), and `occ predict` / `occ bench`
-against a real `occ serve` on a free loopback port, with the stand-in model of conftest_service."""
+against a real `occ serve` on a free loopback port, with the stand-in model of service_fixtures."""
 
 import json
 
 import httpx
 import numpy as np
 import pytest
-from conftest_service import (
+from fastapi.testclient import TestClient
+from service_fixtures import (
     build_test_model,
     calibration,
     frame_images,
@@ -14,7 +15,6 @@ from conftest_service import (
     run_model,
     write_model,
 )
-from fastapi.testclient import TestClient
 
 from clients.bench import BenchResult, bench, require_loopback
 from clients.client import GatewayError, OccupancyClient, build_request, parse_server_timing

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest_service import multipart_files, reference_inputs, run_model
 from fastapi.testclient import TestClient
+from service_fixtures import multipart_files, reference_inputs, run_model
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES

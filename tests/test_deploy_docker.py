@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_service import build_test_model, write_model
+from service_fixtures import build_test_model, write_model
 
 from training.export import tensorrt
 from training.export.triton_config import ONNX_FILE, PYTHON_MODEL_FILE

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_service import build_test_model, calibration, frame_images, multipart_files, write_model
 from deploy_promql import (
     DASHBOARD,
     DOCKER,
@@ -25,6 +24,7 @@ from deploy_promql import (
     to_promql,
 )
 from fastapi.testclient import TestClient
+from service_fixtures import build_test_model, calibration, frame_images, multipart_files, write_model
 from test_triton_local import free_ports
 
 from service.core.config import Settings

@@ -30,7 +30,6 @@ import httpx
 import promql_parser
 import pytest
 import yaml
-from conftest_service import multipart_files
 from deploy_promql import (
     DOCKER,
     RULE_FILES,
@@ -44,6 +43,7 @@ from deploy_promql import (
     to_promql,
     variable_queries,
 )
+from service_fixtures import multipart_files
 from test_triton_gateway import MODEL, frame, onnx_files, repository, triton  # noqa: F401 (fixtures)
 from test_triton_local import free_ports
 

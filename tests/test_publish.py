@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_service import build_test_model
+from service_fixtures import build_test_model
 from test_triton_config import parse_config
 from test_triton_local import free_ports
 from tiny_dataset import MICRO_CONFIG

@@ -8,7 +8,7 @@ import math
 import httpx
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest_service import calibration, frame_images, multipart_files
+from service_fixtures import calibration, frame_images, multipart_files
 from test_triton_local import free_ports
 from tiny_dataset import MICRO_CONFIG, write_tiny_dataset
 

@@ -12,7 +12,8 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from conftest_service import (
+from fastapi.testclient import TestClient
+from service_fixtures import (
     build_test_model,
     calibration,
     camera_image,
@@ -23,7 +24,6 @@ from conftest_service import (
     run_model,
     write_model,
 )
-from fastapi.testclient import TestClient
 
 from occupancy.calibration import parse_calibration
 from occupancy.cameras import CAMERA_NAMES

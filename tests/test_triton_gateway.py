@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest_service import (
+from service_fixtures import (
     build_test_model,
     calibration,
     frame_images,
