@@ -2,6 +2,7 @@
 downsampling and one-hot bins, a loss that ignores pixels without depth, and a demo-tiny step that learns."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from tiny_dataset import write_tiny_dataset
 
 from occupancy.cameras import CAMERA_NAMES
-from occupancy.geometry import ego_to_pixels, pose_matrix
+from occupancy.errors import InputError
+from occupancy.geometry import ego_to_pixels, pose_matrix, quaternion_to_matrix
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
 from training.models.configs import CONFIGS
@@ -49,6 +51,53 @@ def add_labels_2d(root: Path, seed: int = 0) -> None:
         path.write_text(json.dumps(index))
 
 
+def yaw_pose(translation: list[float], yaw_deg: float) -> dict:
+    return {"translation": translation, "rotation": [float(np.cos(np.radians(yaw_deg) / 2)), 0.0, 0.0,
+                                                     float(np.sin(np.radians(yaw_deg) / 2))]}
+
+
+def add_lidar(root: Path, seed: int = 0) -> None:
+    """A LiDAR sweep per frame, as real nuScenes roots have: random global points written in the frame
+    of a roof LiDAR yawed -90 degrees, while the car moves, so each camera fires from a different ego
+    pose than the sweep. The global points go alongside (`lidar_truth/`) so tests can project them
+    independently."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        path = root / f"occ_index_{split}.json"
+        index = json.loads(path.read_text())
+        for entry in index["samples"]:
+            start = rng.uniform(-500, 500, 2)
+            lidar = {"path": f"samples/LIDAR_TOP/{entry['token']}.pcd.bin",
+                     "sensor2ego": yaw_pose([0.94, 0.0, 1.84], -90.0),
+                     "ego2global": yaw_pose([*start, 0.0], 30.0)}
+            for n, name in enumerate(CAMERA_NAMES):  # 10 m/s, images 8 ms apart, yawing 1 degree each
+                moved = start + 0.08 * (n + 1) * np.array([np.cos(np.radians(30)), np.sin(np.radians(30))])
+                entry["cameras"][name]["ego2global"] = yaw_pose([*moved, 0.0], 30.0 + n + 1)
+            world = pose_matrix(**lidar["ego2global"]) @ pose_matrix(**lidar["sensor2ego"])
+            ego_points = rng.uniform([-40, -40, -1], [40, 40, 4], size=(20000, 3))
+            global_points = ego_points @ quaternion_to_matrix(lidar["ego2global"]["rotation"]).T \
+                + lidar["ego2global"]["translation"]
+            in_lidar = (global_points - world[:3, 3]) @ world[:3, :3]
+            sweep = np.concatenate([in_lidar, np.zeros((len(in_lidar), 2))], 1).astype(np.float32)
+            (root / lidar["path"]).parent.mkdir(parents=True, exist_ok=True)
+            sweep.tofile(root / lidar["path"])
+            (root / "lidar_truth").mkdir(exist_ok=True)
+            np.save(root / "lidar_truth" / f"{entry['token']}.npy", global_points)
+            entry["lidar"] = lidar
+        path.write_text(json.dumps(index))
+
+
+def ego_points_seen(root: Path, entry: dict, name: str) -> np.ndarray:
+    """The points a camera's depth labels come from, in the ego frame at the camera's time."""
+    if "labels_2d" in entry:
+        with np.load(root / entry["labels_2d"][name]) as labels:
+            return labels["ego"]
+    global_points = np.load(root / "lidar_truth" / f"{entry['token']}.npy")
+    ego2global = entry["cameras"][name]["ego2global"]
+    rotation = quaternion_to_matrix(ego2global["rotation"])
+    return (global_points - np.asarray(ego2global["translation"])) @ rotation
+
+
 def pose(camera: dict) -> np.ndarray:
     return pose_matrix(camera["sensor2ego"]["translation"], camera["sensor2ego"]["rotation"])
 
@@ -57,6 +106,13 @@ def pose(camera: dict) -> np.ndarray:
 def root(tmp_path_factory) -> Path:
     root = write_tiny_dataset(tmp_path_factory.mktemp("depth"), scenes=2, frames=1, image_size=SOURCE_SIZE)
     add_labels_2d(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lidar_root(tmp_path_factory) -> Path:
+    root = write_tiny_dataset(tmp_path_factory.mktemp("lidar"), scenes=2, frames=1, image_size=SOURCE_SIZE)
+    add_lidar(root)
     return root
 
 
@@ -87,17 +143,19 @@ def test_depth_bins_at_edges_and_out_of_range():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_depth_points_follow_the_image_augmentation(root, seed):
+@pytest.mark.parametrize("source", ["labels_2d", "lidar"])
+def test_depth_points_follow_the_image_augmentation(request, source, seed):
+    root = request.getfixturevalue({"labels_2d": "root", "lidar": "lidar_root"}[source])
     dataset = OccupancyDataset(root, "train", (64, 176), AugmentConfig(), seed=seed, depth=True)
     sample = dataset[0]
     entry = dataset.samples[0]
     assert sample.gt_depth.shape == (6, 64, 176)
     for n, name in enumerate(CAMERA_NAMES):
-        with np.load(root / entry["labels_2d"][name]) as labels:
-            ego = labels["ego"]
+        ego = ego_points_seen(root, entry, name)
         # The camera geometry the model receives: ego -> source pixels -> post_rot/post_tran -> input pixels.
         intrinsic, sensor2ego = sample.intrinsics[n].double().numpy(), sample.sensor2ego[n].double().numpy()
         uv, depth = ego_to_pixels(ego, intrinsic, sensor2ego)
+        uv, depth = uv[depth > 0], depth[depth > 0]  # behind the camera: no depth label
         post_rot, post_tran = sample.post_rots[n].double().numpy(), sample.post_trans[n].double().numpy()
         uvd = np.concatenate([uv, depth[:, None]], 1) @ post_rot.T + post_tran
         np.testing.assert_allclose(uvd[:, 2], depth)  # depth along the optical axis is unchanged
@@ -163,3 +221,16 @@ def test_demo_tiny_step_with_depth_supervision_learns(root, tmp_path):
         torch.testing.assert_close(losses["loss"], losses["loss_occ"] + losses["loss_depth"])
     assert history[-1]["loss_depth"] < history[0]["loss_depth"]
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_missing_or_malformed_lidar_sweep_is_named(lidar_root, tmp_path):
+    root = Path(shutil.copytree(lidar_root, tmp_path / "data"))
+    entry = OccupancyDataset(root, "train", (64, 176), depth=True).samples[0]
+    sweep = root / entry["lidar"]["path"]
+    np.zeros(6, np.float32).tofile(sweep)
+    with pytest.raises(InputError, match=f"{sweep}: not a nuScenes LiDAR sweep"):
+        OccupancyDataset(root, "train", (64, 176), depth=True)[0]
+    sweep.unlink()
+    with pytest.raises(InputError, match=f"{sweep}: file missing"):
+        OccupancyDataset(root, "train", (64, 176), depth=True)
+    assert len(OccupancyDataset(root, "train", (64, 176))) > 0  # without depth the sweep is not needed

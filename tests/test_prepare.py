@@ -9,6 +9,7 @@ import pytest
 
 from occ.cli import main
 from occupancy.cameras import CAMERA_NAMES
+from training.data.dataset import OccupancyDataset
 from training.data.synth.generate import SynthConfig, generate
 
 
@@ -55,7 +56,7 @@ def test_index_of_a_synthetic_root(root):
             assert first or sample["frame_index"] == samples[i - 1]["frame_index"] + 1
             assert list(sample["cameras"]) == list(CAMERA_NAMES)
             paths = [c["image_path"] for c in sample["cameras"].values()]
-            paths += [sample["occ_path"], *sample["labels_2d"].values()]
+            paths += [sample["occ_path"], sample["lidar"]["path"], *sample["labels_2d"].values()]
             assert all((root / p).is_file() for p in paths)
             assert sample["occ_path"] == f"gts/{sample['scene_name']}/{sample['token']}/labels.npz"
             # Poses and calibration are the devkit's records.
@@ -65,11 +66,30 @@ def test_index_of_a_synthetic_root(root):
                 sample["ego2global"]["translation"]
                 == nusc.get("ego_pose", lidar["ego_pose_token"])["translation"]
             )
+            assert sample["lidar"]["path"] == lidar["filename"]
+            lidar_calib = nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])
+            assert sample["lidar"]["sensor2ego"]["rotation"] == lidar_calib["rotation"]
             front = nusc.get("sample_data", record["data"]["CAM_FRONT"])
             calib = nusc.get("calibrated_sensor", front["calibrated_sensor_token"])
             assert sample["cameras"]["CAM_FRONT"]["intrinsic"] == calib["camera_intrinsic"]
             assert sample["cameras"]["CAM_FRONT"]["sensor2ego"]["rotation"] == calib["rotation"]
             assert np.asarray(sample["cameras"]["CAM_BACK"]["intrinsic"]).shape == (3, 3)
+
+
+def test_lidar_depth_agrees_with_the_2d_labels(root):
+    """The LiDAR sweep projected into the cameras (how real nuScenes roots get depth supervision) lands
+    on the depths that the synthetic world's camera rays measured, wherever both have a point."""
+    assert _prepare(root) == 0
+    dataset = OccupancyDataset(root, "train", (90, 160), depth=True)
+    for index in range(2):
+        from_labels = dataset[index].gt_depth.numpy()
+        dataset.samples[index] = {k: v for k, v in dataset.samples[index].items() if k != "labels_2d"}
+        from_lidar = dataset[index].gt_depth.numpy()
+        both = (from_labels > 0) & (from_lidar > 0)
+        assert both.sum() > 500
+        error = np.abs(from_lidar[both] - from_labels[both])
+        assert np.median(error) < 0.1  # metres; occlusion (the roof LiDAR sees past objects) makes the tail
+        assert np.mean(error < 0.05 * from_labels[both]) > 0.8
 
 
 def test_a_real_layout_uses_the_official_split(root):

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
-from occupancy.geometry import pose_matrix
+from occupancy.geometry import camera_to_pixels, invert_rigid, pose_matrix, transform_points
 from occupancy.image_header import image_size
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
 from occupancy.preprocess import (
@@ -166,8 +166,9 @@ class OccupancyDataset(Dataset):
         input_size: the model's input (H, W), e.g. (256, 704).
         augment: the augmentation ranges, or None for the deterministic test-time transform and no flip.
         seed: base seed of the augmentation; call `set_epoch` so each epoch draws new augmentations.
-        depth: also load the sparse per-camera depth of samples whose index entry has `labels_2d`
-            (the synthetic data's; real nuScenes roots have none) as `Sample.gt_depth`.
+        depth: also load sparse per-camera depth as `Sample.gt_depth`: the entry's `labels_2d` where
+            it has them (synthetic roots), else its LiDAR sweep projected into each camera (real
+            nuScenes roots, as BEVDet supervises depth); entries with neither get none.
     """
 
     def __init__(self, data_root: str | Path, split: str, input_size: tuple[int, int],
@@ -223,28 +224,30 @@ class OccupancyDataset(Dataset):
             bda=torch.from_numpy(flip.matrix),
             semantics=torch.from_numpy(semantics),
             mask_camera=torch.from_numpy(mask_camera.astype(bool)),
-            gt_depth=self._depth_maps(entry, transforms) if self.depth and "labels_2d" in entry else None,
+            gt_depth=self._depth_maps(entry, transforms) if self.depth and has_depth(entry) else None,
         )
 
     def _depth_maps(self, entry: dict[str, Any], transforms: list[ImageTransform]) -> Tensor:
-        """N x H x W depth maps at input pixels from the entry's labels_2d, via each camera's transform."""
-        maps = []
-        for name, transform in zip(CAMERA_NAMES, transforms, strict=True):
-            path = self.data_root / entry["labels_2d"][name]
-            try:
-                with np.load(path) as labels:
-                    uv, depth = labels["uv"], labels["depth"]
-            except (OSError, KeyError, ValueError) as error:
-                raise InputError(f"{path}: no uv and depth in this 2D labels .npz ({error})") from error
-            maps.append(depth_map(uv, depth, transform, self.input_size))
+        """N x H x W depth maps at input pixels, each camera's depth points through its transform."""
+        maps = [depth_map(uv, depth, transform, self.input_size)
+                for (uv, depth), transform in zip(self._depth_points(entry), transforms, strict=True)]
         return torch.from_numpy(np.stack(maps))
+
+    def _depth_points(self, entry: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per camera: source-image pixels (P x 2) and depths (P) of the labels_2d, else of the LiDAR."""
+        if "labels_2d" in entry:
+            return [read_labels_2d(self.data_root / entry["labels_2d"][name]) for name in CAMERA_NAMES]
+        points = read_lidar_points(self.data_root / entry["lidar"]["path"])
+        return [lidar_in_camera(points, entry["lidar"], entry["cameras"][name]) for name in CAMERA_NAMES]
 
     def _check_files(self) -> None:
         """Fail before training starts, naming the first missing file, rather than inside a worker."""
         for entry in self.samples:
             paths = [entry["cameras"][name]["image_path"] for name in CAMERA_NAMES] + [entry["occ_path"]]
-            if self.depth:
-                paths += list(entry.get("labels_2d", {}).values())
+            if self.depth and "labels_2d" in entry:
+                paths += list(entry["labels_2d"].values())
+            elif self.depth and "lidar" in entry:
+                paths.append(entry["lidar"]["path"])
             for relative in paths:
                 if not (self.data_root / relative).is_file():
                     raise InputError(f"{self.data_root / relative}: file missing (sample {entry['token']} "
@@ -272,6 +275,48 @@ def read_labels(path: Path, flip: BevFlip | None = None) -> tuple[np.ndarray, np
         raise InputError(f"{path}: no semantics and mask_camera in this labels.npz ({error})") from error
     flip = flip or BevFlip()
     return flip.apply_to_grid(semantics.astype(np.uint8)), flip.apply_to_grid(mask_camera.astype(np.uint8))
+
+
+def has_depth(entry: dict[str, Any]) -> bool:
+    """Whether an index entry carries depth labels: synthetic 2D labels or a LiDAR sweep."""
+    return "labels_2d" in entry or "lidar" in entry
+
+
+def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Source-image pixels (P x 2) and depths (P) of a synthetic root's per-camera 2D labels .npz."""
+    try:
+        with np.load(path) as labels:
+            return labels["uv"], labels["depth"]
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"{path}: no uv and depth in this 2D labels .npz ({error})") from error
+
+
+def read_lidar_points(path: Path) -> np.ndarray:
+    """P x 3 points (LiDAR frame, metres) of a nuScenes `.pcd.bin` sweep: float32 rows x, y, z,
+    intensity, ring index."""
+    try:
+        data = np.fromfile(path, dtype=np.float32)
+    except OSError as error:
+        raise InputError(f"{path}: unreadable LiDAR sweep ({error.strerror})") from error
+    if data.size % 5:
+        raise InputError(f"{path}: not a nuScenes LiDAR sweep ({data.size * 4} bytes is not a whole number "
+                         "of 5-float32 points)")
+    return data.reshape(-1, 5)[:, :3]
+
+
+def lidar_in_camera(points: np.ndarray, lidar: dict[str, Any], camera: dict[str, Any],
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Source-image pixels (P x 2) and depths (P) of the LiDAR points in front of a camera.
+
+    LiDAR and camera fire at different times on a moving car, so the points go LiDAR -> ego at the
+    sweep's time -> global -> ego at the image's time -> camera (BEVDet's lidar2img).
+    """
+    lidar2global = pose_matrix(**lidar["ego2global"]) @ pose_matrix(**lidar["sensor2ego"])
+    camera2global = pose_matrix(**camera["ego2global"]) @ pose_matrix(**camera["sensor2ego"])
+    points_camera = transform_points(invert_rigid(camera2global) @ lidar2global, points)
+    in_front = points_camera[:, 2] > 0
+    pixels, depth = camera_to_pixels(points_camera[in_front], np.asarray(camera["intrinsic"]))
+    return pixels, depth
 
 
 def depth_map(uv: np.ndarray, depth: np.ndarray, transform: ImageTransform, input_size: Size) -> np.ndarray:

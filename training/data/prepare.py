@@ -102,7 +102,8 @@ def _pose(record: dict) -> dict:
 
 
 def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_2d: bool) -> dict:
-    """The index entry of one keyframe (see the index format): cameras, poses and label paths."""
+    """The index entry of one keyframe: cameras, poses, the LiDAR sweep (where the sample has one) and
+    label paths."""
     cameras = {}
     for name in CAMERA_NAMES:
         if name not in sample["data"]:
@@ -133,6 +134,15 @@ def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_
         "cameras": cameras,
         "occ_path": f"gts/{scene['name']}/{sample['token']}/labels.npz",
     }
+    if "LIDAR_TOP" in sample["data"]:
+        # The sweep that supervises depth on real data (BEVDet's PointToMultiViewDepth), with the poses
+        # that carry its points into each camera across the sensors' different timestamps.
+        lidar = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
+        entry["lidar"] = {
+            "path": lidar["filename"],
+            "sensor2ego": _pose(nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])),
+            "ego2global": _pose(nusc.get("ego_pose", lidar["ego_pose_token"])),
+        }
     if with_labels_2d:
         entry["labels_2d"] = {
             name: f"{LABELS_2D_DIR}/{name}/{Path(cam['image_path']).name.rsplit('.', 1)[0]}.npz"
@@ -144,6 +154,7 @@ def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_
 def referenced_files(entry: dict) -> list[str]:
     """Every file an index entry names, relative to the data root."""
     files = [camera["image_path"] for camera in entry["cameras"].values()] + [entry["occ_path"]]
+    files += [entry["lidar"]["path"]] if "lidar" in entry else []
     return files + list(entry.get("labels_2d", {}).values())
 
 
