@@ -315,8 +315,7 @@ def lidar_in_camera(points: np.ndarray, lidar: dict[str, Any], camera: dict[str,
     camera2global = pose_matrix(**camera["ego2global"]) @ pose_matrix(**camera["sensor2ego"])
     points_camera = transform_points(invert_rigid(camera2global) @ lidar2global, points)
     in_front = points_camera[:, 2] > 0
-    pixels, depth = camera_to_pixels(points_camera[in_front], np.asarray(camera["intrinsic"]))
-    return pixels, depth
+    return camera_to_pixels(points_camera[in_front], np.asarray(camera["intrinsic"]))
 
 
 def depth_map(uv: np.ndarray, depth: np.ndarray, transform: ImageTransform, input_size: Size) -> np.ndarray:
