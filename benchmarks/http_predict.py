@@ -25,9 +25,10 @@ import numpy as np
 
 from clients.bench import bench
 from clients.client import OccupancyClient, Prediction, PredictRequest, build_request
-from clients.dataset import dataset_frame, load_samples
+from clients.dataset import dataset_frame
 from clients.local_gateway import running_gateway
 from occupancy.classes import FREE_CLASS
+from occupancy.data_root import load_index
 
 CONFIGS = ("demo-tiny", "flashocc-r50-256x704")
 STAGES = ("decode", "preprocess", "inference", "encode", "total")
@@ -108,7 +109,7 @@ def main() -> None:
     command = "python -m benchmarks.http_predict " + shlex.join(sys.argv[1:])
 
     frames = [dataset_frame(args.data_root, "val", index=index)
-              for index in range(min(args.frames, len(load_samples(args.data_root, "val"))))]
+              for index in range(min(args.frames, len(load_index(args.data_root, "val"))))]
     lines = ["# HTTP /predict: request time and per-stage overhead", "",
              f"Command: `{command}` (from the repository root, with `.venv/bin/python`).", "",
              "## Machine", *machine(), f"- load average (1/5/15 min) at the start: {load_average()}", ""]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bev_pool import median_seconds
+from occupancy.data_root import index_path
 from training import train as training
 from training.data.dataset import OccupancyDataset, collate
 from training.models.configs import build_model
@@ -42,8 +43,9 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("work/synth-demo"))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if not (args.data_root / "occ_index_train.json").is_file():
-        raise SystemExit(f"{args.data_root}: no occ_index_train.json; run `make demo-data` first")
+    index = index_path(args.data_root, "train")
+    if not index.is_file():
+        raise SystemExit(f"{index}: missing; run `make demo-data` first")
     options = training.TrainOptions(config="demo-tiny", data_root=args.data_root, work_dir=Path("unused"))
     config = training.model_config(options)
     dataset = OccupancyDataset(args.data_root, "train", config.input_size,

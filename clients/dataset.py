@@ -1,17 +1,14 @@
 """Frames of a prepared data root (`occ prepare` / `occ synth`), ready to send to the gateway.
 
-A data root holds `occ_index_<split>.json`: {"samples": [...]}, each sample with its `token`,
-`scene_name`, `timestamp`, `ego2global`, `occ_path` (labels.npz, relative to the root) and per camera
-`image_path`, `intrinsic` and `sensor2ego` (nuScenes conventions, see occupancy.calibration).
+The index format is `occupancy.data_root`'s; calibrations follow nuScenes (see occupancy.calibration).
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from occupancy.calibration import FrameCalibration, parse_calibration
 from occupancy.cameras import CAMERA_NAMES
+from occupancy.data_root import SampleEntry, index_path, load_index
 from occupancy.errors import InputError
 
 
@@ -25,33 +22,14 @@ class DatasetFrame:
     labels: Path | None  # gts/<scene>/<token>/labels.npz: semantics, mask_lidar, mask_camera
 
 
-def index_file(data_root: Path, split: str) -> Path:
-    """Where `occ prepare` writes the index of `split`."""
-    return Path(data_root) / f"occ_index_{split}.json"
-
-
-def load_samples(data_root: Path, split: str = "val") -> list[dict[str, Any]]:
-    """The samples of a split's index; InputError naming the file when it is missing or malformed."""
-    path = index_file(data_root, split)
-    try:
-        samples = json.loads(path.read_text())["samples"]
-    except FileNotFoundError:
-        raise InputError(f"--data-root: {path} does not exist (run `occ prepare` or `occ synth`)") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{path}: not an index of `occ prepare` ({error})") from error
-    if not isinstance(samples, list) or not samples:
-        raise InputError(f"{path}: the index lists no samples")
-    return samples
-
-
 def dataset_frame(data_root: Path, split: str = "val", token: str | None = None,
                   index: int | None = None) -> DatasetFrame:
     """The sample with `token`, or the `index`-th one (default: the first) of a split."""
-    samples = load_samples(data_root, split)
+    samples = load_index(data_root, split)
     if token is not None:
         matches = [sample for sample in samples if sample.get("token") == token]
         if not matches:
-            raise InputError(f"--sample {token}: no such sample in {index_file(data_root, split)}")
+            raise InputError(f"--sample {token}: no such sample in {index_path(data_root, split)}")
         return frame_of_sample(data_root, matches[0])
     position = 0 if index is None else index
     if not -len(samples) <= position < len(samples):
@@ -59,7 +37,7 @@ def dataset_frame(data_root: Path, split: str = "val", token: str | None = None,
     return frame_of_sample(data_root, samples[position])
 
 
-def frame_of_sample(data_root: Path, sample: dict[str, Any]) -> DatasetFrame:
+def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
     """A DatasetFrame from one index entry; paths are resolved against `data_root`."""
     root = Path(data_root)
     token = str(sample.get("token", "?"))

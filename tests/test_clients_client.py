@@ -138,7 +138,7 @@ def test_dataset_frame_reads_the_index(data_root, client):
     assert np.array_equal(sent.grid, client.predict(frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)).grid)
     with pytest.raises(InputError, match="--index 5"):
         dataset_frame(data_root, index=5)
-    with pytest.raises(InputError, match=r"occ_index_test\.json"):
+    with pytest.raises(InputError, match=r"split: expected one of train, val, got .test."):
         dataset_frame(data_root, "test")
 
 

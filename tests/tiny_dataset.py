@@ -5,13 +5,13 @@ Also a micro model config (registered into CONFIGS by the tests that need it) th
 under a second per iteration on a CPU.
 """
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from occupancy.cameras import CAMERA_NAMES
+from occupancy.data_root import labels_path, write_index
 from occupancy.geometry import matrix_to_quaternion
 from training.data.augment import AugmentConfig
 from training.models.bev_encoder import FPN_LSS  # noqa: F401  (the configs module needs the models package)
@@ -71,14 +71,13 @@ def write_tiny_dataset(root: Path, scenes: int = 2, frames: int = 2, val_scenes:
                 image = cv2.GaussianBlur(rng.integers(0, 256, (*image_size, 3), dtype=np.uint8), (5, 5), 0)
                 cv2.imwrite(str(root / path), image)
                 cameras[name] = {"image_path": path, **camera(name, image_size)}
-            occ_path = f"gts/{scene}/{token}/labels.npz"
+            occ_path = labels_path(scene, token)
             write_labels(root / occ_path, rng.integers(0, 18, (200, 200, 16), dtype=np.uint8),
                          rng.random((200, 200, 16)) < 0.5)
             splits[split].append({"token": token, "scene_name": scene, "frame_index": frame,
                                   "cameras": cameras, "occ_path": occ_path})
     for split, samples in splits.items():
-        index = {"format": 1, "version": "tiny", "split": split, "samples": samples}
-        (root / f"occ_index_{split}.json").write_text(json.dumps(index))
+        write_index(root, "tiny", split, samples)
     return root
 
 

@@ -16,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from occupancy import model_contract
+from occupancy.data_root import LABELS_FILE, read_labels
 from occupancy.errors import InputError
 from occupancy.metrics import OccupancyMetric
-from training.data.dataset import OccupancyDataset, SampleBatch, collate, read_labels
+from training.data.dataset import OccupancyDataset, SampleBatch, collate
 from training.models.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
 from training.models.configs import ModelConfig, build_model, get_config
 from training.models.occupancy_model import OccupancyModel
@@ -119,7 +120,7 @@ def saved_pairs(gt_root: Path, pred_dir: Path) -> Iterable[tuple[Path, Path]]:
         raise InputError(f"--pred-dir {pred_dir}: no <scene>/<token>/{PREDICTION_FILE} files")
     for prediction in predictions:
         token_dir = prediction.parent.relative_to(pred_dir)
-        labels = gt_root / token_dir / "labels.npz"
+        labels = gt_root / token_dir / LABELS_FILE
         if not labels.is_file():
             raise InputError(f"{labels}: no ground truth for the prediction {prediction}")
         yield labels, prediction
@@ -129,11 +130,12 @@ def evaluate_saved(gt_root: Path, pred_dir: Path) -> OccupancyMetric:
     """Score saved predictions against Occ3D ground truth `<gt_root>/<scene>/<token>/labels.npz`."""
     metric = OccupancyMetric()
     for labels, prediction in saved_pairs(gt_root, pred_dir):
-        semantics, mask_camera = read_labels(labels)
+        truth = read_labels(labels)
         pred = read_prediction(prediction)
-        if pred.shape != semantics.shape:
-            raise InputError(f"{prediction}: semantics of shape {pred.shape}, ground truth {semantics.shape}")
-        metric.update(pred, semantics, mask_camera)
+        if pred.shape != truth.semantics.shape:
+            raise InputError(f"{prediction}: semantics of shape {pred.shape}, ground truth "
+                             f"{truth.semantics.shape}")
+        metric.update(pred, truth.semantics, truth.mask_camera)
     return metric
 
 

@@ -11,7 +11,6 @@ Augmentation randomness comes from a generator seeded by (seed, epoch, sample in
 global state, so a sample is the same whichever worker loads it and a resumed run sees the same data.
 """
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from occupancy.cameras import CAMERA_NAMES
+from occupancy.data_root import CameraEntry, LidarEntry, SampleEntry, index_path, load_index, read_labels
 from occupancy.errors import InputError
 from occupancy.geometry import camera_to_pixels, invert_rigid, pose_matrix, transform_points
 from occupancy.image_header import image_size
@@ -44,31 +44,6 @@ from training.data.augment import (
     sample_bev_flip,
     sample_image_transform,
 )
-
-INDEX_FORMAT = 1
-SPLITS = ("train", "val")
-
-
-def index_path(data_root: str | Path, split: str) -> Path:
-    """Where `occ prepare` writes a split's index: DATA_ROOT/occ_index_<split>.json."""
-    return Path(data_root) / f"occ_index_{split}.json"
-
-
-def load_index(data_root: str | Path, split: str) -> list[dict[str, Any]]:
-    """The samples of a split's index, ordered by scene then time; InputError if missing or malformed."""
-    if split not in SPLITS:
-        raise InputError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    path = index_path(data_root, split)
-    if not path.is_file():
-        raise InputError(f"{path}: no dataset index; run `occ prepare --data-root {data_root}` first")
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not a readable index JSON ({error})") from error
-    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT or "samples" not in index:
-        raise InputError(f"{path}: expected an index of format {INDEX_FORMAT} with `samples`; "
-                         f"rerun `occ prepare --data-root {data_root}`")
-    return index["samples"]
 
 
 @dataclass
@@ -209,7 +184,7 @@ class OccupancyDataset(Dataset):
             post_trans.append(transform.post_tran)
             transforms.append(transform)
         flip = sample_bev_flip(rng, self.augment) if self.augment else BevFlip()
-        semantics, mask_camera = read_labels(self.data_root / entry["occ_path"], flip)
+        semantics, mask_camera = read_flipped_labels(self.data_root / entry["occ_path"], flip)
         cameras = [entry["cameras"][name] for name in CAMERA_NAMES]
         return Sample(
             token=entry["token"],
@@ -227,13 +202,13 @@ class OccupancyDataset(Dataset):
             gt_depth=self._depth_maps(entry, transforms) if self.depth and has_depth(entry) else None,
         )
 
-    def _depth_maps(self, entry: dict[str, Any], transforms: list[ImageTransform]) -> Tensor:
+    def _depth_maps(self, entry: SampleEntry, transforms: list[ImageTransform]) -> Tensor:
         """N x H x W depth maps at input pixels, each camera's depth points through its transform."""
         maps = [depth_map(uv, depth, transform, self.input_size)
                 for (uv, depth), transform in zip(self._depth_points(entry), transforms, strict=True)]
         return torch.from_numpy(np.stack(maps))
 
-    def _depth_points(self, entry: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _depth_points(self, entry: SampleEntry) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per camera: source-image pixels (P x 2) and depths (P) of the labels_2d, else of the LiDAR."""
         if "labels_2d" in entry:
             return [read_labels_2d(self.data_root / entry["labels_2d"][name]) for name in CAMERA_NAMES]
@@ -266,18 +241,13 @@ class OccupancyDataset(Dataset):
         return data, size
 
 
-def read_labels(path: Path, flip: BevFlip | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_flipped_labels(path: Path, flip: BevFlip) -> tuple[np.ndarray, np.ndarray]:
     """`semantics` and `mask_camera` (X x Y x Z uint8) of an Occ3D labels.npz, mirrored by `flip`."""
-    try:
-        with np.load(path) as labels:
-            semantics, mask_camera = labels["semantics"], labels["mask_camera"]
-    except (OSError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: no semantics and mask_camera in this labels.npz ({error})") from error
-    flip = flip or BevFlip()
-    return flip.apply_to_grid(semantics.astype(np.uint8)), flip.apply_to_grid(mask_camera.astype(np.uint8))
+    labels = read_labels(path)
+    return flip.apply_to_grid(labels.semantics), flip.apply_to_grid(labels.mask_camera)
 
 
-def has_depth(entry: dict[str, Any]) -> bool:
+def has_depth(entry: SampleEntry) -> bool:
     """Whether an index entry carries depth labels: synthetic 2D labels or a LiDAR sweep."""
     return "labels_2d" in entry or "lidar" in entry
 
@@ -304,7 +274,7 @@ def read_lidar_points(path: Path) -> np.ndarray:
     return data.reshape(-1, 5)[:, :3]
 
 
-def lidar_in_camera(points: np.ndarray, lidar: dict[str, Any], camera: dict[str, Any],
+def lidar_in_camera(points: np.ndarray, lidar: LidarEntry, camera: CameraEntry,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Source-image pixels (P x 2) and depths (P) of the LiDAR points in front of a camera.
 

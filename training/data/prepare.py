@@ -11,10 +11,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from occupancy.cameras import CAMERA_NAMES
+from occupancy.data_root import LABELS_2D_DIR, SPLITS, SampleEntry, labels_path, write_index
 from occupancy.errors import InputError
 
-INDEX_FORMAT = 1
-SPLITS = ("train", "val")
 TABLES = (
     "attribute",
     "calibrated_sensor",
@@ -30,13 +29,6 @@ TABLES = (
     "sensor",
     "visibility",
 )
-LABELS_2D_DIR = "samples_2d"  # per-camera 2D labels of synthetic roots, beside samples/
-
-
-def index_path(root: Path, split: str) -> Path:
-    """Where `occ prepare` writes the index of a split."""
-    return Path(root) / f"occ_index_{split}.json"
-
 
 def load_nuscenes(root: Path, version: str):
     """nuscenes-devkit's NuScenes for `root`, with missing or malformed tables reported as InputError."""
@@ -101,7 +93,7 @@ def _pose(record: dict) -> dict:
     }
 
 
-def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_2d: bool) -> dict:
+def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_2d: bool) -> SampleEntry:
     """The index entry of one keyframe: cameras, poses, the LiDAR sweep (where the sample has one) and
     label paths."""
     cameras = {}
@@ -132,7 +124,7 @@ def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_
         "next": sample["next"] or None,
         "ego2global": _pose(nusc.get("ego_pose", nusc.get("sample_data", reference)["ego_pose_token"])),
         "cameras": cameras,
-        "occ_path": f"gts/{scene['name']}/{sample['token']}/labels.npz",
+        "occ_path": labels_path(scene["name"], sample["token"]),
     }
     if "LIDAR_TOP" in sample["data"]:
         # The sweep that supervises depth on real data (BEVDet's PointToMultiViewDepth), with the poses
@@ -203,13 +195,6 @@ def build_index(root: Path, version: str = "v1.0-trainval", progress: bool = Tru
     return index
 
 
-def write_index(root: Path, version: str, index: dict[str, list[dict]]) -> list[Path]:
+def write_indexes(root: Path, version: str, index: dict[str, list[SampleEntry]]) -> list[Path]:
     """Write `occ_index_<split>.json` for each split; returns the paths."""
-    paths = []
-    for split, samples in index.items():
-        path = index_path(root, split)
-        path.write_text(
-            json.dumps({"format": INDEX_FORMAT, "version": version, "split": split, "samples": samples})
-        )
-        paths.append(path)
-    return paths
+    return [write_index(root, version, split, samples) for split, samples in index.items()]

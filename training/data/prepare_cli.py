@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .prepare import build_index, write_index
+    from .prepare import build_index, write_indexes
 
     index = build_index(args.data_root, args.version)
     for path, (split, samples) in zip(
-        write_index(args.data_root, args.version, index), index.items(), strict=True
+        write_indexes(args.data_root, args.version, index), index.items(), strict=True
     ):
         scenes = len({s["scene_name"] for s in samples})
         print(f"{split}: {len(samples)} samples from {scenes} scenes -> {path}")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from occupancy.cameras import SOURCE_IMAGE_SIZE
 from occupancy.classes import CLASS_NAMES, FREE_CLASS, NUM_CLASSES
+from occupancy.data_root import LABELS_2D_DIR, labels_path
 
 from .files import write_bytes, write_json, write_npz
 from .raycast import cast_rays
@@ -195,7 +196,7 @@ def _generate_scene(
             scene, time_s, ego2global, sensors[:-1], sensors[-1], textures, frame_rng, config
         )
         stems = {s.name: f"synth-{config.seed}-{name}__{s.name}__{timestamps[f]}" for s in sensors}
-        _write_frame(out, f"gts/{name}/{sample_tokens[f]}/labels.npz", stems, frame)
+        _write_frame(out, labels_path(name, sample_tokens[f]), stems, frame)
         for sensor in sensors:
             suffix = ".pcd.bin" if sensor.intrinsic is None else ".jpg"
             neighbour = [
@@ -233,7 +234,7 @@ def _generate_scene(
 def _write_frame(out: Path, occ_path: str, stems: dict[str, str], frame: Frame) -> None:
     for camera, jpeg in frame.images.items():
         write_bytes(out / "samples" / camera / f"{stems[camera]}.jpg", jpeg)
-        write_npz(out / "samples_2d" / camera / f"{stems[camera]}.npz", **frame.labels_2d[camera])
+        write_npz(out / LABELS_2D_DIR / camera / f"{stems[camera]}.npz", **frame.labels_2d[camera])
     write_bytes(out / "samples" / "LIDAR_TOP" / f"{stems['LIDAR_TOP']}.pcd.bin", frame.lidar_points.tobytes())
     write_npz(
         out / occ_path, semantics=frame.semantics, mask_lidar=frame.mask_lidar, mask_camera=frame.mask_camera
