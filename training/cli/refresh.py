@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from training.publish_cli import describe
+    from training.cli.publish import describe
     from training.refresh import RefreshOptions, refresh
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

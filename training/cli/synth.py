@@ -25,8 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from occupancy.classes import CLASS_NAMES
-
-    from .synth.generate import SynthConfig, generate
+    from training.data.synth.generate import SynthConfig, generate
 
     if args.scenes < 1 or args.frames < 1:
         raise InputError(f"--scenes and --frames must be at least 1 (got {args.scenes}, {args.frames})")

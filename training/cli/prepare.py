@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .prepare import build_index, write_indexes
+    from training.data.prepare import build_index, write_indexes
 
     index = build_index(args.data_root, args.version)
     for path, (split, samples) in zip(
