@@ -23,11 +23,11 @@ from training.models.configs import build_model
 
 
 def step_seconds(options: training.TrainOptions, batch, repeats: int) -> float:
-    recipe = training.recipe_for(options.config)
-    trainer = training.build_trainer(options, recipe, training.Distributed(0, 1, torch.device("cpu")),
-                                     max_iters=1000)
+    config = training.model_config(options)
+    trainer = training.build_trainer(options, config, training.Distributed(0, 1, torch.device("cpu")), 1000,
+                                     build_model(config))
     trainer.model.train()
-    return median_seconds(lambda: training.train_step(trainer, batch), repeats)
+    return median_seconds(lambda: training.train_step(trainer, [batch]), repeats)
 
 
 def loss_seconds(head: torch.nn.Module, logits: torch.Tensor, targets, repeats: int) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
     options = training.TrainOptions(config="demo-tiny", data_root=args.data_root, work_dir=Path("unused"))
     config = training.model_config(options)
     dataset = OccupancyDataset(args.data_root, "train", config.input_size,
-                               training.recipe_for("demo-tiny").augment, depth=True)
+                               config.recipe.augment, depth=True)
     batch = collate([dataset[0], dataset[1]])
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs, demo-tiny, "
           f"batch 2, median of {args.repeats} runs after one warm-up")

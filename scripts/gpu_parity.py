@@ -80,7 +80,7 @@ def torch_runner(args: argparse.Namespace, frame: dict[str, np.ndarray], device:
     from training.batch import CameraBatch
     from training.models.checkpoint import load_model
 
-    model = load_model(args.checkpoint, args.config).to(device)
+    model = load_model(args.checkpoint, args.config)[0].to(device)
     mean = torch.tensor(IMAGENET_MEAN_RGB).view(1, 1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD_RGB).view(1, 1, 3, 1, 1)
     images = (torch.from_numpy(frame[contract.IMAGES]).float() - mean) / std

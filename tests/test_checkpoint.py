@@ -1,12 +1,15 @@
 """Checkpoints: round trips, reference (mmcv) layouts, and one clear error for every mismatch."""
 
+import re
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from occupancy.errors import InputError
 from training.models.checkpoint import load_checkpoint, load_model, read_checkpoint, save_checkpoint
-from training.models.configs import CONFIGS, build_model
+from training.models.configs import CONFIGS, TYPE_KEY, build_model, config_to_dict
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +23,11 @@ def tiny():
     return model.eval()
 
 
-def test_round_trip_rebuilds_the_model_from_its_config_name(tiny, tmp_path):
+def test_round_trip_rebuilds_the_model_from_its_config(tiny, tmp_path):
     path = tmp_path / "tiny.pt"
-    save_checkpoint(path, tiny, "demo-tiny", step=12)
-    loaded = load_model(path)
+    save_checkpoint(path, tiny, CONFIGS["demo-tiny"], step=12)
+    loaded, config = load_model(path)
+    assert config == CONFIGS["demo-tiny"]
     assert read_checkpoint(path)["step"] == 12
     original, restored = tiny.state_dict(), loaded.state_dict()
     assert original.keys() == restored.keys()
@@ -41,7 +45,7 @@ def test_mmcv_layout_with_ddp_prefix_loads_and_ignores_meta_and_optimizer(tiny, 
     load_checkpoint(target, path)
     key = "img_view_transformer.depth_net.weight"
     assert torch.equal(target.state_dict()[key], tiny.state_dict()[key])
-    assert torch.equal(load_model(path, "demo-tiny").state_dict()[key], tiny.state_dict()[key])
+    assert torch.equal(load_model(path, "demo-tiny")[0].state_dict()[key], tiny.state_dict()[key])
 
 
 def test_missing_unexpected_and_misshaped_keys_give_one_error(tiny, tmp_path):
@@ -84,7 +88,7 @@ def test_config_name_is_required_for_reference_checkpoints_and_must_agree(tiny, 
         load_model(bare)
     assert load_model(bare, "demo-tiny") is not None
     named = tmp_path / "named.pt"
-    save_checkpoint(named, tiny, "demo-tiny")
+    save_checkpoint(named, tiny, CONFIGS["demo-tiny"])
     with pytest.raises(InputError, match="holds config 'demo-tiny'"):
         load_model(named, "flashocc-r50-256x704")
 
@@ -95,3 +99,34 @@ def test_checkpoints_with_python_objects_need_trust(tiny, tmp_path):
     with pytest.raises(InputError, match="trust"):
         read_checkpoint(path)
     assert set(read_checkpoint(path, trusted=True)) == {"state_dict", "meta"}
+
+
+def test_a_checkpoint_rebuilds_its_own_model_after_the_config_was_edited(tiny, tmp_path, monkeypatch, caplog):
+    path = tmp_path / "before_the_edit.pt"
+    save_checkpoint(path, tiny, CONFIGS["demo-tiny"])
+    edited = replace(CONFIGS["demo-tiny"], bev_channels=48, class_balance=False)
+    monkeypatch.setitem(CONFIGS, "demo-tiny", edited)
+    loaded, config = load_model(path)  # the edited config would not even have these weights' shapes
+    assert config.bev_channels == tiny.img_view_transformer.out_channels == 32
+    assert torch.equal(loaded.state_dict()["img_view_transformer.depth_net.weight"],
+                       tiny.state_dict()["img_view_transformer.depth_net.weight"])
+    assert "differs from this code's in bev_channels, class_balance" in caplog.text
+    with pytest.raises(InputError, match="wrong shape"):  # what the name alone would have built
+        load_checkpoint(build_model(edited), path)
+
+
+def test_a_stored_config_this_code_cannot_build_fails_saying_why(tiny, tmp_path):
+    values = config_to_dict(CONFIGS["demo-tiny"])
+    cases = {
+        "no field(s) attention_heads in this code": {**values, "attention_heads": 8},
+        "lacks field(s) bev_encoder": {key: value for key, value in values.items() if key != "bev_encoder"},
+        "bev_encoder: expected a stored BevEncoder2DConfig or BevEncoder3DConfig, found 'TransformerBEV'":
+            {**values, "bev_encoder": {**values["bev_encoder"], TYPE_KEY: "TransformerBEV"}},
+        "input_size: expected 2 values, got 3": {**values, "input_size": [128, 352, 3]},
+    }
+    for message, stored in cases.items():
+        path = tmp_path / "stored.pt"
+        torch.save({"format": 2, "config": "demo-tiny", "model_config": stored,
+                    "state_dict": tiny.state_dict()}, path)
+        with pytest.raises(InputError, match=re.escape(message)):
+            load_model(path)

@@ -17,9 +17,9 @@ from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix, quaternion_to_matrix
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
-from training.models.configs import CONFIGS
+from training.models.configs import CONFIGS, build_model
 from training.models.view_transformer import DepthBins, depth_bin_targets, depth_loss, downsample_gt_depth
-from training.train import Distributed, TrainOptions, build_trainer, recipe_for, train_step
+from training.train import Distributed, TrainOptions, build_trainer, train_step
 
 SOURCE_SIZE = (45, 80)
 POINTS_PER_CAMERA = 60
@@ -209,13 +209,13 @@ def test_demo_tiny_step_with_depth_supervision_learns(root, tmp_path):
     torch.manual_seed(0)
     config = CONFIGS["demo-tiny"]
     options = TrainOptions(config="demo-tiny", data_root=root, work_dir=tmp_path, batch_size=1)
-    recipe = replace(recipe_for("demo-tiny"), warmup_iters=0)  # full lr from the first step
-    trainer = build_trainer(options, recipe, Distributed(0, 1, torch.device("cpu")), max_iters=1)
+    config = replace(config, recipe=replace(config.recipe, warmup_iters=0))  # full lr from the first step
+    trainer = build_trainer(options, config, Distributed(0, 1, torch.device("cpu")), 1, build_model(config))
     assert trainer.depth_loss_weight == 3.0
     trainer.model.train()
     batch = collate([OccupancyDataset(root, "train", config.input_size, depth=True)[0]])
     assert batch.gt_depth.shape == (1, 6, *config.input_size) and (batch.gt_depth > 0).any()
-    history = [train_step(trainer, batch) for _ in range(6)]
+    history = [train_step(trainer, [batch]) for _ in range(6)]
     assert set(history[0]) == {"loss", "loss_occ", "loss_depth"}
     for losses in history:
         torch.testing.assert_close(losses["loss"], losses["loss_occ"] + losses["loss_depth"])

@@ -63,7 +63,7 @@ def demo_export(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("export")
     checkpoint = root / "ckpt" / "demo.pt"
     checkpoint.parent.mkdir()
-    save_checkpoint(checkpoint, input_sensitive_model(DEMO), DEMO)
+    save_checkpoint(checkpoint, input_sensitive_model(DEMO), get_config(DEMO))
     (checkpoint.parent / "model_card.md").write_text("# demo card\n")
     return checkpoint, export_to_repository(DEMO, checkpoint, root / "repo", log=_quiet)
 
@@ -72,7 +72,7 @@ def demo_export(tmp_path_factory) -> tuple[Path, Path]:
 def tensorrt_graph(demo_export, tmp_path_factory) -> Path:
     """The same checkpoint exported with the pooling for TensorRT (what `--format tensorrt` builds from)."""
     path = tmp_path_factory.mktemp("tensorrt") / "model.onnx"
-    return export_onnx(load_model(demo_export[0]), get_config(DEMO), path, target="tensorrt")
+    return export_onnx(load_model(demo_export[0])[0], get_config(DEMO), path, target="tensorrt")
 
 
 def _run(onnx_path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -89,7 +89,7 @@ def test_layout_and_model_card(demo_export):
 
 def test_parity_with_pytorch_on_other_frames(demo_export):
     checkpoint, version_dir = demo_export
-    model = load_model(checkpoint)
+    model = load_model(checkpoint)[0]
     parity = check_parity(model, version_dir / "model.onnx", sample_inputs(get_config(DEMO), seed=7))
     assert parity.ok, parity.summary()
     assert parity.argmax_agreement >= 0.999
@@ -103,7 +103,7 @@ def test_semantics_are_the_pytorch_argmax(demo_export):
     inputs = sample_inputs(get_config(DEMO), seed=3)
     with torch.no_grad():
         tensors = (torch.from_numpy(inputs[name]) for name in contract.INPUT_NAMES)
-        expected = ExportModel(load_model(checkpoint))(*tensors)
+        expected = ExportModel(load_model(checkpoint)[0])(*tensors)
     semantics = _run(version_dir / "model.onnx", inputs)
     assert semantics.dtype == np.uint8 and semantics.shape == (1, 200, 200, 16)
     assert (semantics == expected.numpy()).mean() >= 0.999
@@ -132,7 +132,8 @@ def test_tensorrt_graph_pools_with_scatter_elements_add_and_no_float64(demo_expo
     assert len(scatters) == 1 and _reduction(scatters[0]) == b"add"
     casts = [a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute if a.name == "to"]
     assert DOUBLE not in casts and all(init.data_type != DOUBLE for init in graph.initializer)
-    parity = check_parity(load_model(demo_export[0]), tensorrt_graph, sample_inputs(get_config(DEMO), seed=7))
+    model = load_model(demo_export[0])[0]
+    parity = check_parity(model, tensorrt_graph, sample_inputs(get_config(DEMO), seed=7))
     assert parity.ok, parity.summary()
     metadata = {p.key: p.value for p in onnx.load(str(tensorrt_graph)).metadata_props}
     assert json.loads(metadata[contract.META_CONFIG]) == DEMO
@@ -206,7 +207,7 @@ def test_cli_errors(demo_export, tmp_path, capsys):
     code, err = _occ(capsys, "--config", DEMO, "--version", "1", "--repository", repository)
     assert code == 2 and "exists already" in err
     other = tmp_path / "other.pt"
-    save_checkpoint(other, build_model(get_config(DEMO)), DEMO)
+    save_checkpoint(other, build_model(get_config(DEMO)), get_config(DEMO))
     code, err = _occ(capsys, "--config", "flashocc-r50-256x704", "--checkpoint", str(other),
                      "--repository", str(tmp_path / "repo"))
     assert code == 2 and "holds config 'demo-tiny'" in err
@@ -243,7 +244,7 @@ def test_tensorrt_format(demo_export, tmp_path):
 def test_flashocc_r50_full_size_export_passes_parity(tmp_path):
     name = "flashocc-r50-256x704"
     checkpoint = tmp_path / "flashocc.pt"
-    save_checkpoint(checkpoint, input_sensitive_model(name), name)
+    save_checkpoint(checkpoint, input_sensitive_model(name), get_config(name))
     messages: list[str] = []
     started = time.perf_counter()
     version_dir = export_to_repository(name, checkpoint, tmp_path / "repo", log=messages.append)

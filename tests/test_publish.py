@@ -133,7 +133,7 @@ def test_a_triton_that_does_not_load_it_gets_it_taken_back(tmp_path, onnx_file):
 def test_cli_exports_a_checkpoint_with_its_card(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(CONFIGS, MICRO_CONFIG.name, MICRO_CONFIG)
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "iter_1.pt", build_model(MICRO_CONFIG), MICRO_CONFIG.name)
+    save_checkpoint(tmp_path / "iter_1.pt", build_model(MICRO_CONFIG), MICRO_CONFIG)
     (tmp_path / "card.json").write_text('{"mIoU": 1.0}')
     repository = tmp_path / "repository"
     code = occ_main(["publish", "--repository", str(repository), "--name", "micro",

@@ -1,5 +1,6 @@
 """The training loop: exact resume, torchrun + gloo DDP, atomic checkpoints, the recipe's schedule and EMA."""
 
+import copy
 import math
 import os
 import shutil
@@ -14,8 +15,11 @@ import torch
 from tiny_dataset import MICRO_CONFIG, write_tiny_dataset
 
 from occ.cli import main as occ_main
+from occupancy.errors import InputError
 from training import train as training
-from training.models.configs import CONFIGS, build_model
+from training.data.dataset import OccupancyDataset, collate
+from training.models.checkpoint import save_checkpoint
+from training.models.configs import CONFIGS, ModelConfig, build_model
 from training.train import LrSchedule, ModelEMA, TrainOptions, checkpoint_path, latest_checkpoint, save_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +48,13 @@ def run_training(data_root: Path, work_dir: Path, config: str, max_iters: int, r
     return training.train(options)
 
 
-@pytest.mark.parametrize("cpu_bf16", [False, True], ids=["fp32", "bf16"])
-def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monkeypatch, cpu_bf16):
+@pytest.mark.parametrize("mixed_precision", [False, True], ids=["fp32", "bf16"])
+def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monkeypatch, mixed_precision):
     # Cosine annealing too, so the resumed schedule must continue where it stood.
-    monkeypatch.setitem(training.RECIPES, micro_config, replace(training.TrainRecipe(), warmup_iters=3,
-                                                                cosine_min_ratio=0.01, cpu_bf16=cpu_bf16))
+    recipe = replace(MICRO_CONFIG.recipe, warmup_iters=3, cosine_min_ratio=0.01,
+                     mixed_precision=mixed_precision)
+    config = replace(MICRO_CONFIG, recipe=recipe)
+    monkeypatch.setitem(CONFIGS, micro_config, config)
     straight = run_training(data_root, tmp_path / "straight", micro_config, 2 * HALF)
     # An interruption right after the checkpoint at HALF: a work dir holding only that checkpoint.
     (tmp_path / "resumed").mkdir()
@@ -72,15 +78,114 @@ def test_resume_equals_uninterrupted_run(data_root, tmp_path, micro_config, monk
     work = tmp_path / "straight"
     log = (work / "train.log").read_text()
     assert log.count(f"step {2 * HALF} ") == 1
-    assert f"precision torch.{'bfloat16' if cpu_bf16 else 'float32'}" in log
+    assert f"precision torch.{'bfloat16' if mixed_precision else 'float32'}" in log
     assert list((work / "tensorboard").glob("events.out.tfevents.*"))
     assert (work / "training_curve.png").stat().st_size > 0
     # A resume that extends --max-iters anneals over the new length, not the checkpoint's.
     options = TrainOptions(config=micro_config, data_root=data_root, work_dir=work)
-    trainer = training.build_trainer(options, training.recipe_for(micro_config),
-                                     training.Distributed(0, 1, torch.device("cpu")), max_iters=4 * HALF)
-    training.restore(trainer, checkpoint_path(work, HALF), micro_config)
+    content, stored = training.read_training_checkpoint(checkpoint_path(work, HALF), micro_config)
+    assert stored == config
+    trainer = training.build_trainer(options, config, training.Distributed(0, 1, torch.device("cpu")),
+                                     4 * HALF, build_model(config))
+    training.restore(trainer, content)
     assert trainer.scheduler.lr_lambdas[0].total_iters == 4 * HALF
+
+
+def test_resume_with_gradient_accumulation_equals_uninterrupted_run(tmp_path, micro_config, monkeypatch):
+    # 5 frames, global batch 2 of batch 1: 2 accumulated steps per epoch, the fifth frame left over.
+    data_root = write_tiny_dataset(tmp_path / "data", scenes=6, frames=1, val_scenes=1)
+    monkeypatch.setitem(CONFIGS, micro_config, replace(MICRO_CONFIG, recipe=replace(MICRO_CONFIG.recipe,
+                                                                                     global_batch=2)))
+    half = 5  # a checkpoint interval, and mid-epoch
+    straight = run_training(data_root, tmp_path / "straight", micro_config, 2 * half)
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(checkpoint_path(tmp_path / "straight", half), checkpoint_path(tmp_path / "resumed", half))
+    resumed = run_training(data_root, tmp_path / "resumed", micro_config, 2 * half, resume=True)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert (a["step"], a["epoch"], a["batch"]) == (b["step"], b["epoch"], b["batch"]) == (10, 5, 0)
+    for name, value in a["train_state_dict"].items():
+        assert torch.equal(value, b["train_state_dict"][name]), name
+    log = (tmp_path / "straight/train.log").read_text()
+    assert "global batch 2 = 1 process(es) x batch 1 x 2 accumulated" in log
+
+
+def test_an_accumulated_step_follows_the_mean_gradient_of_its_batches(data_root, tmp_path):
+    config = replace(MICRO_CONFIG, recipe=replace(MICRO_CONFIG.recipe, ema_decay=None, warmup_iters=0))
+    dataset = OccupancyDataset(data_root, "train", config.input_size)
+    batches = [collate([dataset[0]]), collate([dataset[1]])]
+    options = TrainOptions(config=config.name, data_root=data_root, work_dir=tmp_path)
+    cpu = training.Distributed(0, 1, torch.device("cpu"))
+    torch.manual_seed(0)
+    trainer = training.build_trainer(options, config, cpu, 10, build_model(config))
+    expected = copy.deepcopy(trainer.raw_model)
+    trainer.model.train()
+    expected.train()
+    losses = training.train_step(trainer, batches)
+    # By hand: the mean of the two batches' losses, one backward, the same clipping and AdamW step.
+    optimizer = torch.optim.AdamW(expected.parameters(), lr=config.recipe.lr, weight_decay=1e-2)
+    by_hand = [expected.loss(expected(batch.camera_batch()), batch.targets()) for batch in batches]
+    (sum(by_hand) / 2).backward()
+    torch.nn.utils.clip_grad_norm_(expected.parameters(), config.recipe.grad_max_norm)
+    optimizer.step()
+    torch.testing.assert_close(losses["loss"], (by_hand[0] + by_hand[1]).detach() / 2)
+    for name, value in trainer.raw_model.state_dict().items():
+        torch.testing.assert_close(value, expected.state_dict()[name], msg=name)
+
+
+def test_batch_plan_reaches_the_global_batch_by_accumulation(tmp_path):
+    options = TrainOptions(config="flashocc-r50-256x704", data_root=tmp_path, work_dir=tmp_path)
+    reference = CONFIGS["flashocc-r50-256x704"].recipe
+    assert reference.global_batch == 32 and reference.batch_size == 4
+    assert training.batch_plan(options, reference, 1) == training.BatchPlan(4, 8, 1)  # one GPU: 8 x 4
+    assert training.batch_plan(options, reference, 8) == training.BatchPlan(4, 1, 8)  # the reference's 8 GPUs
+    assert training.batch_plan(replace(options, batch_size=2), reference, 2) == training.BatchPlan(2, 8, 2)
+    assert training.batch_plan(replace(options, global_batch=4), reference, 1) == training.BatchPlan(4, 1, 1)
+    with pytest.raises(InputError, match="global batch 32 is not a multiple of 3 process"):
+        training.batch_plan(options, reference, 3)
+
+
+def test_load_from_loads_the_files_weights_strictly_or_partially(tmp_path):
+    torch.manual_seed(1)
+    source = build_model(MICRO_CONFIG)
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, source, MICRO_CONFIG)
+    options = TrainOptions(config=MICRO_CONFIG.name, data_root=tmp_path, work_dir=tmp_path, load_from=path)
+    torch.manual_seed(2)
+    model, report = training.initial_model(MICRO_CONFIG, options)
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    assert "every weight loaded (strict)" in report[0]
+    # A detection-style checkpoint: backbone and neck fit, the head has another shape.
+    wider = replace(MICRO_CONFIG, bev_encoder=replace(MICRO_CONFIG.bev_encoder, head_channels=12))
+    with pytest.raises(InputError, match="wrong shape"):
+        training.initial_model(wider, options)
+    torch.manual_seed(2)
+    fresh = build_model(wider).state_dict()
+    torch.manual_seed(2)
+    model, report = training.initial_model(wider, replace(options, partial=True))
+    state = model.state_dict()
+    assert torch.equal(state["img_backbone.conv1.weight"], source.state_dict()["img_backbone.conv1.weight"])
+    assert torch.equal(state["occ_head.final_conv.conv.weight"], fresh["occ_head.final_conv.conv.weight"])
+    assert "shape mismatch (left as initialised) (5): occ_head.final_conv.conv.bias (checkpoint [8], " \
+           "model [12])" in report[0]
+
+
+def test_pretrained_loads_a_torchvision_resnet_into_the_backbone_only(tmp_path):
+    torch.manual_seed(3)
+    backbone = build_model(MICRO_CONFIG).img_backbone
+    imagenet = {key: value.clone() for key, value in backbone.state_dict().items()}
+    imagenet["fc.weight"], imagenet["fc.bias"] = torch.zeros(1000, 64), torch.zeros(1000)  # the classifier
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(imagenet, path)  # torchvision's files are bare state dicts
+    options = TrainOptions(config=MICRO_CONFIG.name, data_root=tmp_path, work_dir=tmp_path, pretrained=path)
+    torch.manual_seed(4)
+    model, report = training.initial_model(MICRO_CONFIG, options)
+    for name, value in model.img_backbone.state_dict().items():
+        assert torch.equal(value, imagenet[name]), name
+    assert "missing in checkpoint (left as initialised) (0)" in report[0] and "fc.weight" not in report[0]
+    torch.save({"layers.0.blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, path)  # a Swin file
+    with pytest.raises(InputError, match="none of its 1 tensors fit the ResNet backbone"):
+        training.initial_model(MICRO_CONFIG, options)
 
 
 def test_training_changes_weights_and_keeps_config_name(data_root, tmp_path, micro_config):
@@ -183,18 +288,22 @@ def test_missing_index_says_to_run_prepare(tmp_path, capsys):
     assert "occ prepare" in capsys.readouterr().err
 
 
-def test_fp32_overrides_the_recipes_cpu_bf16(tmp_path):
-    assert training.recipe_for("demo-tiny").cpu_bf16
-    cpu = training.Distributed(0, 1, torch.device("cpu"))
+def test_precision_follows_the_recipe_unless_amp_or_fp32_is_given(tmp_path):
+    cpu = torch.device("cpu")
     options = TrainOptions(config="demo-tiny", data_root=tmp_path, work_dir=tmp_path)
-    recipe = training.recipe_for("demo-tiny")
 
-    def precision(options: TrainOptions, recipe: training.TrainRecipe) -> torch.dtype | None:
-        return training.build_trainer(options, recipe, cpu, max_iters=1).autocast_dtype
+    def precision(options: TrainOptions, config: ModelConfig) -> torch.dtype | None:
+        return training.autocast_dtype(cpu, training.mixed_precision(options, config.recipe))
 
-    assert precision(options, recipe) == torch.bfloat16
-    assert precision(replace(options, fp32=True), recipe) is None
-    assert precision(options, training.TrainRecipe()) is None
+    demo, reference = CONFIGS["demo-tiny"], CONFIGS["flashocc-r50-m0-256x704"]
+    assert precision(options, demo) == torch.bfloat16  # demo-tiny's recipe: bf16 on CPUs
+    assert precision(replace(options, fp32=True), demo) is None
+    assert precision(options, reference) is None  # the reference configs train in float32, as the reference
+    assert precision(replace(options, amp=True), reference) == torch.bfloat16
+    with pytest.raises(InputError, match="--amp and --fp32"):
+        training.mixed_precision(replace(options, amp=True, fp32=True), demo.recipe)
+    trainer = training.build_trainer(options, demo, training.Distributed(0, 1, cpu), 1, build_model(demo))
+    assert trainer.autocast_dtype == torch.bfloat16
 
 
 def test_grad_checkpointing_reaches_the_config(tmp_path):

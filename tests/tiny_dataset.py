@@ -17,6 +17,7 @@ from training.data.augment import AugmentConfig
 from training.models.bev_encoder import FPN_LSS  # noqa: F401  (the configs module needs the models package)
 from training.models.configs import BevEncoder2DConfig, ModelConfig, ResNetConfig
 from training.models.view_transformer import DepthBins, VoxelGridConfig
+from training.recipe import TrainRecipe
 
 YAWS_DEG = {"CAM_FRONT_LEFT": 55.0, "CAM_FRONT": 0.0, "CAM_FRONT_RIGHT": -55.0,
             "CAM_BACK_LEFT": 110.0, "CAM_BACK": 180.0, "CAM_BACK_RIGHT": -110.0}
@@ -36,6 +37,7 @@ MICRO_CONFIG = ModelConfig(
     bev_encoder=BevEncoder2DConfig(num_layer=(1, 1, 1), num_channels=(8, 16, 32), stride=(1, 2, 2),
                                    neck_channels=8, extra_upsample=None, head_channels=8),
     upsample_bev=True,
+    recipe=TrainRecipe(global_batch=None),  # one batch per step, whatever --batch-size
 )
 NO_IMAGE_AUGMENT = AugmentConfig(resize_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), flip=False)
 

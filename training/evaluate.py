@@ -20,10 +20,6 @@ from occupancy.data_root import LABELS_FILE, read_labels
 from occupancy.errors import InputError
 from occupancy.metrics import OccupancyMetric
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
-from training.models.checkpoint import extract_state_dict, load_state_dict_strict, read_checkpoint
-from training.models.configs import ModelConfig, build_model, get_config
-from training.models.occupancy_model import OccupancyModel
-from training.train import autocast_dtype
 
 PREDICTION_FILE = "pred.npz"
 Predictions = Iterator[tuple[SampleBatch, np.ndarray]]  # a batch and its B x X x Y x Z uint8 classes
@@ -39,13 +35,11 @@ def eval_loader(data_root: Path, split: str, input_size: tuple[int, int], batch_
 
 @torch.no_grad()
 def predict_torch(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> Predictions:
-    """Argmax classes of a PyTorch model (eval mode; mixed precision on a GPU, float32 on a CPU
-    like the exported model there)."""
+    """Argmax classes of a PyTorch model in eval mode and float32, as the reference tests and as the
+    exported model runs."""
     model.eval().to(device)
-    dtype = autocast_dtype(device, cpu_bf16=False)
     for batch in loader:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            classes = model.predict(batch.camera_batch(device))
+        classes = model.predict(batch.camera_batch(device))
         yield batch, classes.to(torch.uint8).cpu().numpy()
 
 
@@ -137,24 +131,6 @@ def evaluate_saved(gt_root: Path, pred_dir: Path) -> OccupancyMetric:
                              f"{truth.semantics.shape}")
         metric.update(pred, truth.semantics, truth.mask_camera)
     return metric
-
-
-def load_eval_model(checkpoint: Path, config_name: str | None) -> tuple[OccupancyModel, ModelConfig]:
-    """A checkpoint's model in eval mode and its config (ours name theirs; reference ones need `config_name`).
-
-    Our training checkpoints keep the EMA weights in `state_dict`, the ones the reference evaluates.
-    """
-    content = read_checkpoint(checkpoint)
-    stored = content.get("config")
-    if stored is not None and config_name is not None and stored != config_name:
-        raise InputError(f"checkpoint {checkpoint}: holds config {stored!r}, not {config_name!r}")
-    if (config_name or stored) is None:
-        raise InputError(f"checkpoint {checkpoint}: names no model config; give --config")
-    config = get_config(config_name or stored)
-    model = build_model(config)
-    source = f"checkpoint {checkpoint}"
-    load_state_dict_strict(model, extract_state_dict(content, source), source)
-    return model.eval(), config
 
 
 def metric_json(metric: OccupancyMetric) -> dict:

@@ -90,7 +90,7 @@ def refresh(options: RefreshOptions) -> RefreshResult:
 
     from training import evaluate
     from training.export.repository_export import export_to_repository
-    from training.models.checkpoint import read_checkpoint
+    from training.models.checkpoint import load_model, read_checkpoint
     from training.train import TrainOptions, train
 
     model_dir = options.repository / options.model_name
@@ -104,7 +104,7 @@ def refresh(options: RefreshOptions) -> RefreshResult:
         batch_size=options.batch_size, num_workers=options.num_workers, load_from=start_from, progress=False,
     ))
 
-    model, config = evaluate.load_eval_model(checkpoint, options.config)
+    model, config = load_model(checkpoint, options.config)
     loader = evaluate.eval_loader(options.data_root, "val", config.input_size, 1, options.num_workers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metric = evaluate.accumulate(evaluate.predict_torch(model, loader, device))

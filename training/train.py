@@ -1,16 +1,18 @@
 """Training: FlashOCC's recipe in plain PyTorch, with exact resume and torchrun data parallelism.
 
-The recipe (every FlashOCC occupancy config): AdamW lr 1e-4, weight decay 1e-2, gradients clipped
-to norm 5, a linear warm-up over 200 iterations from 0.001 x lr, then a constant lr (the configs'
-step at epoch 24 of 24 never fires), and MEGVII's EMA of the weights (decay 0.999 ramped by
-1 - exp(-updates / 2000), starting at 10560 updates). The EMA weights are the ones evaluated and
-exported, so a checkpoint's `state_dict` holds them and `train_state_dict` the raw weights.
+The recipe (training/recipe.py; every FlashOCC occupancy config): AdamW lr 1e-4 at a global batch of
+32, weight decay 1e-2, gradients clipped to norm 5, a linear warm-up over 200 iterations from
+0.001 x lr, then a constant lr (the configs' step at epoch 24 of 24 never fires), and MEGVII's EMA of
+the weights (decay 0.999 ramped by 1 - exp(-updates / 2000), starting at 10560 updates). The EMA
+weights are the ones evaluated and exported, so a checkpoint's `state_dict` holds them and
+`train_state_dict` the raw weights. Fewer processes than the recipe's global batch needs accumulate
+gradients over several batches per step, so one GPU takes the reference's steps at its learning rate.
 
 `train_step` is the one place where a step happens. Everything a run depends on lives in the
-checkpoint (weights, optimiser, scheduler, EMA, grad scaler, step and position within the epoch,
-RNG states), so 20 iterations + resume + 20 iterations equal 40 straight ones, bit for bit on a CPU.
-Under `torchrun --nproc_per_node=N` each process trains a shard (DistributedSampler) of a
-DistributedDataParallel model; only rank 0 writes files.
+checkpoint (the config's values, weights, optimiser, scheduler, EMA, grad scaler, step and position
+within the epoch, RNG states), so 20 iterations + resume + 20 iterations equal 40 straight ones, bit
+for bit on a CPU. Under `torchrun --nproc_per_node=N` each process trains a shard (DistributedSampler)
+of a DistributedDataParallel model; only rank 0 writes files.
 """
 
 import itertools
@@ -22,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from copy import deepcopy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,50 +35,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from occupancy.errors import InputError
-from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
-from training.models.checkpoint import load_checkpoint, read_checkpoint
-from training.models.configs import ModelConfig, build_model, get_config
+from training.models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    checkpoint_config,
+    extract_state_dict,
+    load_checkpoint,
+    load_state_dict_partial,
+    read_checkpoint,
+)
+from training.models.configs import ModelConfig, build_model, config_to_dict, get_config
+from training.models.pretrained import BACKBONE, load_pretrained_backbone
+from training.recipe import TrainRecipe
 
-CHECKPOINT_FORMAT = 1
 log = logging.getLogger("occ.train")
-
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """Optimisation settings of a config; the defaults are FlashOCC's (flashocc-r50.py and siblings)."""
-
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    grad_max_norm: float = 5.0
-    warmup_iters: int = 200
-    warmup_ratio: float = 0.001  # lr factor at iteration 0
-    cosine_min_ratio: float | None = None  # None: constant lr after warm-up (the reference's); else
-    # cosine annealing to this fraction of lr at the last iteration
-    ema_decay: float | None = 0.999  # None: no EMA
-    ema_init_updates: int = 10560  # MEGVIIEMAHook's init_updates: where the decay ramp starts
-    batch_size: int = 4  # per process (samples_per_gpu)
-    max_epochs: int = 24
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cpu_bf16: bool = False  # bf16 autocast on CPUs too (GPUs always use mixed precision)
-
-
-# demo-tiny learns from scratch in 2,550 CPU iterations (30 epochs of the demo data): a 20x larger lr
-# annealed by cosine (2e-3 beat 1e-3 by 1.1 mIoU), a short warm-up, and an EMA whose ramp starts at 0
-# so that it follows the weights closely in short runs. The reference's resize range is added to the
-# scale 704 / 1600; at 352 pixels wide the same relative range is half. bf16 autocast makes a CPU step
-# 1.3x faster where the CPU has bf16 instructions (AVX-512 BF16, AMX); with the loss over the visible
-# voxels only, 2,550 iterations instead of 1,700 fit in the 30-minute budget, and the longer run
-# scores 30.5 mIoU where 1,700 scored 28.3.
-RECIPES: dict[str, TrainRecipe] = {
-    "demo-tiny": TrainRecipe(lr=2e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, max_epochs=30,
-                             cosine_min_ratio=0.01, augment=AugmentConfig(resize_lim=(-0.03, 0.055)),
-                             cpu_bf16=True),
-}
-
-
-def recipe_for(config_name: str) -> TrainRecipe:
-    return RECIPES.get(config_name, TrainRecipe())
 
 
 @dataclass(frozen=True)
@@ -88,15 +60,19 @@ class TrainOptions:
     work_dir: Path
     max_epochs: int | None = None
     max_iters: int | None = None
-    batch_size: int | None = None
+    batch_size: int | None = None  # samples per process and forward pass
+    global_batch: int | None = None  # samples per optimiser step over all processes
     lr: float | None = None
     num_workers: int = 2
     checkpoint_interval: int = 1000  # iterations; the last iteration always writes one
     resume: bool = False  # continue from the newest checkpoint in work_dir
-    load_from: Path | None = None  # initial weights (ours or a reference checkpoint), strict
+    load_from: Path | None = None  # initial weights (ours or a reference checkpoint), strict unless `partial`
+    partial: bool = False  # load_from: take every key whose name and shape match (mmcv's non-strict load)
+    pretrained: Path | None = None  # an ImageNet checkpoint for the image backbone, loaded before load_from
     seed: int = 0
     grad_checkpointing: bool = False
-    fp32: bool = False  # no autocast, whatever the device and recipe
+    fp32: bool = False  # no autocast, whatever the recipe says
+    amp: bool = False  # autocast (bf16 where the device has it, else fp16), whatever the recipe says
     log_interval: int = 10
     progress: bool = True  # tqdm bar on rank 0
 
@@ -219,9 +195,34 @@ class Trainer:
     depth_loss_weight: float = 0.0  # the config's; > 0 adds the depth loss where batches carry gt_depth
 
 
-def train_step(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
-    """One optimisation step on a batch; returns detached scalar losses: `loss` (the one optimised),
-    `loss_occ` and, where depth supervision applies, `loss_depth` (already weighted)."""
+def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor]:
+    """One optimisation step over the batches that make up one global batch (gradients accumulate over
+    them; DDP synchronises only on the last). Returns detached scalar losses averaged over the batches:
+    `loss` (the one optimised), `loss_occ` and, where depth supervision applies, `loss_depth` (already
+    weighted)."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, Tensor] = {}
+    for index, batch in enumerate(batches):
+        last = index == len(batches) - 1
+        synchronise = nullcontext() if last or not isinstance(trainer.model, DistributedDataParallel) \
+            else trainer.model.no_sync()
+        with synchronise:
+            losses = batch_losses(trainer, batch)
+            trainer.scaler.scale(losses["loss"] / len(batches)).backward()
+        for name, value in losses.items():
+            totals[name] = totals.get(name, 0.0) + value.detach() / len(batches)
+    trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
+    nn.utils.clip_grad_norm_(trainer.raw_model.parameters(), trainer.grad_max_norm)
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.scheduler.step()
+    if trainer.ema:
+        trainer.ema.update(trainer.raw_model)
+    return totals
+
+
+def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
+    """The forward pass and the losses of one batch: `loss` and its parts."""
     camera, targets = batch.camera_batch(trainer.device), batch.targets(trainer.device)
     precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
                  if trainer.autocast_dtype else nullcontext())
@@ -231,39 +232,85 @@ def train_step(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
     if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
         depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
         losses["loss_depth"] = trainer.depth_loss_weight * depth_loss
-    loss = sum(losses.values())
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(loss).backward()
-    trainer.scaler.unscale_(trainer.optimizer)  # clip the true gradients, not the scaled ones
-    nn.utils.clip_grad_norm_(trainer.raw_model.parameters(), trainer.grad_max_norm)
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.scheduler.step()
-    if trainer.ema:
-        trainer.ema.update(trainer.raw_model)
-    return {name: value.detach() for name, value in {"loss": loss, **losses}.items()}
+    return {"loss": sum(losses.values()), **losses}
 
 
-def model_config(options: TrainOptions) -> ModelConfig:
-    """The named config, with the backbone's gradient checkpointing switched on where asked."""
-    config = get_config(options.config)
+def model_config(options: TrainOptions, stored: ModelConfig | None = None) -> ModelConfig:
+    """The config a run trains: the checkpoint's own when resuming (`stored`), else the named one; with
+    the backbone's gradient checkpointing switched on where asked."""
+    config = stored or get_config(options.config)
     if options.grad_checkpointing:
         config = replace(config, backbone=replace(config.backbone, with_cp=True))
     return config
 
 
-def autocast_dtype(device: torch.device, cpu_bf16: bool) -> torch.dtype | None:
-    """bf16 on GPUs that have it, else fp16 (with loss scaling); on CPUs bf16 where asked, else fp32."""
+def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
+    """None (float32) unless mixed precision is asked for; then bf16 where the device has it (CPUs: bf16
+    autocast runs everywhere, fast with AVX-512 BF16 or AMX), else fp16 with loss scaling on GPUs."""
+    if not mixed_precision:
+        return None
     if device.type != "cuda":
-        return torch.bfloat16 if cpu_bf16 else None
+        return torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed, max_iters: int) -> Trainer:
-    config = model_config(options)
-    raw_model = build_model(config).to(env.device)
-    if options.load_from:
-        load_checkpoint(raw_model, options.load_from)
+def mixed_precision(options: TrainOptions, recipe: TrainRecipe) -> bool:
+    """--amp or --fp32 where given, else the recipe's choice (float32 for the reference configs)."""
+    if options.amp and options.fp32:
+        raise InputError("--amp and --fp32: give one or neither")
+    return options.amp or (recipe.mixed_precision and not options.fp32)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is made: `batch_size` samples per process and forward pass, `accumulation`
+    forward passes per step, on `processes` processes."""
+
+    batch_size: int
+    accumulation: int
+    processes: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.accumulation * self.processes
+
+
+def batch_plan(options: TrainOptions, recipe: TrainRecipe, processes: int) -> BatchPlan:
+    """The recipe's global batch (or --global-batch) reached with --batch-size (or the recipe's) per
+    process by gradient accumulation; InputError when it does not divide evenly."""
+    batch_size = options.batch_size or recipe.batch_size
+    wanted = options.global_batch or recipe.global_batch or batch_size * processes
+    per_step = batch_size * processes
+    if wanted % per_step:
+        raise InputError(f"global batch {wanted} is not a multiple of {processes} process(es) x batch "
+                         f"{batch_size}; choose --batch-size or --global-batch so that it is")
+    return BatchPlan(batch_size, wanted // per_step, processes)
+
+
+def initial_model(config: ModelConfig, options: TrainOptions) -> tuple[nn.Module, list[str]]:
+    """The config's model with its initial weights, as the reference makes them: random, then an ImageNet
+    backbone (`--pretrained`), then `--load-from` over the whole model (strict, or `--partial`). Also the
+    log lines saying what was loaded."""
+    model = build_model(config)
+    report = []
+    if options.pretrained:
+        loaded = load_pretrained_backbone(model, options.pretrained)
+        report.append(f"--pretrained {options.pretrained} into {BACKBONE}:\n{loaded.table()}")
+    if options.load_from and options.partial:
+        state = extract_state_dict(read_checkpoint(options.load_from), f"--load-from {options.load_from}")
+        report.append(f"--load-from {options.load_from} --partial:\n"
+                      f"{load_state_dict_partial(model, state).table()}")
+    elif options.load_from:
+        load_checkpoint(model, options.load_from)
+        report.append(f"--load-from {options.load_from}: every weight loaded (strict)")
+    return model, report
+
+
+def build_trainer(options: TrainOptions, config: ModelConfig, env: Distributed, max_iters: int,
+                  raw_model: nn.Module) -> Trainer:
+    """Optimiser, schedule, precision and EMA around `raw_model` (moved to the run's device)."""
+    recipe = config.recipe
+    raw_model = raw_model.to(env.device)
     model = raw_model
     if env.world_size > 1:
         model = DistributedDataParallel(raw_model, device_ids=[env.device.index] if env.device.type == "cuda"
@@ -272,7 +319,7 @@ def build_trainer(options: TrainOptions, recipe: TrainRecipe, env: Distributed, 
                                   weight_decay=recipe.weight_decay)
     schedule = LrSchedule(recipe.warmup_iters, recipe.warmup_ratio, max_iters, recipe.cosine_min_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    precision = None if options.fp32 else autocast_dtype(env.device, recipe.cpu_bf16)
+    precision = autocast_dtype(env.device, mixed_precision(options, recipe))
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
     ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
     return Trainer(model, raw_model, optimizer, scheduler, scaler, ema, precision, recipe.grad_max_norm,
@@ -343,12 +390,14 @@ def save_atomic(content: dict, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def checkpoint_content(trainer: Trainer, state: TrainState, options: TrainOptions) -> dict:
-    """What rebuilds the model (config name, nanoGPT style) and what resumes the run exactly."""
+def checkpoint_content(trainer: Trainer, state: TrainState, options: TrainOptions, config: ModelConfig,
+                       ) -> dict:
+    """What rebuilds the model (the config's values, nanoGPT style) and what resumes the run exactly."""
     deployed = trainer.ema.module if trainer.ema else trainer.raw_model
     return {
         "format": CHECKPOINT_FORMAT,
-        "config": options.config,
+        "config": config.name,
+        "model_config": config_to_dict(config),
         "state_dict": deployed.state_dict(),  # EMA weights where the recipe has an EMA
         "train_state_dict": trainer.raw_model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
@@ -365,13 +414,19 @@ def checkpoint_content(trainer: Trainer, state: TrainState, options: TrainOption
     }
 
 
-def restore(trainer: Trainer, path: Path, config_name: str) -> TrainState:
-    """Load a training checkpoint into the trainer and the RNGs; returns where the run stood."""
+def read_training_checkpoint(path: Path, config_name: str) -> tuple[dict, ModelConfig]:
+    """A checkpoint of `occ train` to resume from, and the config it trains (its own stored values)."""
     content = read_checkpoint(path)
     if content.get("format") != CHECKPOINT_FORMAT or "train_state_dict" not in content:
-        raise InputError(f"checkpoint {path}: not a training checkpoint of `occ train`; use --load-from")
+        raise InputError(f"checkpoint {path}: not a training checkpoint of this `occ train` (format "
+                         f"{CHECKPOINT_FORMAT}); use --load-from to start from its weights")
     if content["config"] != config_name:
         raise InputError(f"checkpoint {path}: trained config {content['config']!r}, not {config_name!r}")
+    return content, checkpoint_config(content, str(path))
+
+
+def restore(trainer: Trainer, content: dict) -> TrainState:
+    """Load a training checkpoint's content into the trainer and the RNGs; returns where the run stood."""
     trainer.raw_model.load_state_dict(content["train_state_dict"])
     trainer.optimizer.load_state_dict(content["optimizer"])
     # The schedule's length stays this run's (mmcv reads max_iters at run time): a resume that
@@ -408,42 +463,55 @@ def train(options: TrainOptions) -> Path:
 
 
 def _train(options: TrainOptions, env: Distributed) -> Path:
-    recipe = recipe_for(options.config)
-    config = model_config(options)
-    batch_size = options.batch_size or recipe.batch_size
-    dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
-                               depth=config.depth_loss_weight > 0)
-    loader, sampler, skipping = build_loader(dataset, batch_size, options, env)
-    iters_per_epoch = len(sampler) // batch_size
-    if iters_per_epoch == 0:
-        raise InputError(f"{options.data_root}: {len(dataset)} training samples make no batch of "
-                         f"{batch_size} on each of {env.world_size} processes")
-    max_iters = total_iterations(options, recipe, iters_per_epoch)
-
-    seed_everything(options.seed)  # same initial weights on every rank
-    trainer = build_trainer(options, recipe, env, max_iters)
-    state = TrainState(history=[])
-    options.work_dir.mkdir(parents=True, exist_ok=True)
+    resumed = None
     if options.resume:
         resume_from = latest_checkpoint(options.work_dir)
         if resume_from is None:
             raise InputError(f"{options.work_dir}: no checkpoint (iter_*.pt) to resume from")
-        state = restore(trainer, resume_from, options.config)
+        resumed = read_training_checkpoint(resume_from, options.config)
+    config = model_config(options, resumed[1] if resumed else None)
+    recipe = config.recipe
+    plan = batch_plan(options, recipe, env.world_size)
+    dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
+                               depth=config.depth_loss_weight > 0)
+    loader, sampler, skipping = build_loader(dataset, plan.batch_size, options, env)
+    iters_per_epoch = len(sampler) // (plan.batch_size * plan.accumulation)
+    if iters_per_epoch == 0:
+        raise InputError(f"{options.data_root}: {len(dataset)} training samples make no global batch of "
+                         f"{plan.global_batch} ({env.world_size} process(es) x batch {plan.batch_size} x "
+                         f"{plan.accumulation} accumulated)")
+    max_iters = total_iterations(options, recipe, iters_per_epoch)
+
+    seed_everything(options.seed)  # same initial weights on every rank
+    # A resumed run's weights come from its checkpoint: nothing else is loaded first.
+    fresh = replace(options, pretrained=None, load_from=None) if resumed else options
+    raw_model, weight_report = initial_model(config, fresh)
+    trainer = build_trainer(options, config, env, max_iters, raw_model)
+    state = TrainState(history=[])
+    options.work_dir.mkdir(parents=True, exist_ok=True)
+    if resumed:
+        state = restore(trainer, resumed[0])
 
     logger = RunLogger(options.work_dir, env.is_main, state.step, max_iters, options.progress)
-    logger.text(f"config {options.config}, {len(dataset)} samples, {env.world_size} process(es) x batch "
-                f"{batch_size}, {iters_per_epoch} iterations per epoch, {max_iters} iterations, "
-                f"device {env.device}, precision {trainer.autocast_dtype or torch.float32}")
+    logger.text(f"config {config.name}, {len(dataset)} samples, global batch {plan.global_batch} = "
+                f"{env.world_size} process(es) x batch {plan.batch_size} x {plan.accumulation} accumulated, "
+                f"lr {trainer.optimizer.defaults['lr']:.3g}, {iters_per_epoch} iterations per epoch, "
+                f"{max_iters} iterations, device {env.device}, "
+                f"precision {trainer.autocast_dtype or torch.float32}")
+    for lines in weight_report:
+        logger.text(lines)
     trainer.model.train()
     final = checkpoint_path(options.work_dir, state.step)
     interval_losses: list[dict[str, Tensor]] = []
     while state.step < max_iters:
         sampler.set_epoch(state.epoch)
         dataset.set_epoch(state.epoch)
-        skipping.skip = state.batch * batch_size
+        skipping.skip = state.batch * plan.batch_size * plan.accumulation
         started = time.perf_counter()
-        for batch in loader:
-            interval_losses.append(train_step(trainer, batch))
+        # Each step takes `accumulation` batches; a remainder too short for a step ends the epoch.
+        steps = zip(*[iter(loader)] * plan.accumulation, strict=False)
+        for batches in itertools.islice(steps, iters_per_epoch - state.batch):
+            interval_losses.append(train_step(trainer, list(batches)))
             state.step += 1
             state.batch += 1
             if state.batch == iters_per_epoch:
@@ -460,7 +528,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
             if state.step % options.checkpoint_interval == 0 or state.step == max_iters:
                 final = checkpoint_path(options.work_dir, state.step)
                 if env.is_main:
-                    save_atomic(checkpoint_content(trainer, state, options), final)
+                    save_atomic(checkpoint_content(trainer, state, options, config), final)
                     logger.text(f"saved {final}")
             if state.step == max_iters:
                 break

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     from occupancy.errors import InputError
     from training import evaluate
+    from training.models.checkpoint import load_model
 
     if args.pred_dir:
         gt_root = args.gt_root or (args.data_root / "gts" if args.data_root else None)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             session = evaluate.onnx_session(args.onnx)
             predictions = evaluate.predict_onnx(session, loader(evaluate.onnx_input_size(session)))
         else:
-            model, config = evaluate.load_eval_model(args.checkpoint, args.config)
+            model, config = load_model(args.checkpoint, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             predictions = evaluate.predict_torch(model, loader(config.input_size), device)
         metric = evaluate.accumulate(predictions, args.save_preds)

@@ -41,16 +41,16 @@ def next_version(model_dir: Path) -> int:
     return max(numbers, default=0) + 1
 
 
-def build_export_model(config_name: str, checkpoint: Path | None,
-                       log: Callable[[str], None]) -> OccupancyModel:
-    """The model to export, eval mode: the checkpoint's weights, or seeded random ones without one."""
-    config = get_config(config_name)
+def build_export_model(config: ModelConfig, checkpoint: Path | None,
+                       log: Callable[[str], None]) -> tuple[OccupancyModel, ModelConfig]:
+    """The model to export in eval mode and its config: the checkpoint's own (its weights and stored
+    config values), or `config` with seeded random weights without one."""
     if checkpoint is not None:
         log(f"loading {checkpoint}")
         return load_model(checkpoint, config.name)
     log(f"no checkpoint: exporting randomly initialised weights (seed {RANDOM_INIT_SEED})")
     torch.manual_seed(RANDOM_INIT_SEED)
-    return build_model(config).eval()
+    return build_model(config).eval(), config
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def export_to_repository(
     target = model_dir / str(version)
     if target.exists():
         raise InputError(f"version {target} exists already; choose another --version or leave it out")
-    model = build_export_model(config.name, checkpoint, log)
+    model, config = build_export_model(config, checkpoint, log)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
     try:

@@ -1,13 +1,18 @@
 """Named model configs (frozen dataclasses) and the one explicit builder that turns them into modules.
 
-A config holds everything that fixes the network's shape: input size, the pooling grid, the depth
-bins and every stage's widths, so a checkpoint that names its config rebuilds its model. The
-reference configs mirror FlashOCC's files (named in each entry's `reference`); parameter counts
-equal those of models built from the reference code.
+A config holds everything that fixes the network's shape (input size, the pooling grid, the depth
+bins and every stage's widths), its losses, and its training recipe. A checkpoint stores its config's
+values (`config_to_dict`) and rebuilds its own model from them (`config_from_dict`), even after the
+named config was edited. The reference configs mirror FlashOCC's files (named in each entry's
+`reference`); parameter counts equal those of models built from the reference code.
 """
 
+import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from occupancy.classes import NUM_CLASSES
 from occupancy.errors import InputError
@@ -18,6 +23,7 @@ from training.models.heads import BEVOCCHead2D, BEVOCCHead3D
 from training.models.occupancy_model import OccupancyModel
 from training.models.resnet import ResNet
 from training.models.view_transformer import DepthBins, LSSViewTransformer, VoxelGridConfig
+from training.recipe import DEMO_TINY_RECIPE, TrainRecipe
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class ModelConfig:
     use_mask: bool = True  # the loss sees only camera-visible voxels (mask_camera); False: all voxels
     scene_class_affinity: bool = False  # MonoScene's sem_scal + geo_scal losses beside the cross-entropy
     depth_loss_weight: float = 0.0  # BEVDepth's loss_depth_weight; 0: no depth supervision
+    recipe: TrainRecipe = field(default_factory=TrainRecipe)  # how `occ train` trains it
 
 
 def build_model(config: ModelConfig) -> OccupancyModel:
@@ -177,6 +184,7 @@ CONFIGS: dict[str, ModelConfig] = {
             class_balance=True,
             scene_class_affinity=True,
             depth_loss_weight=3.0,  # BEVDepth's: sparse depth from the data's labels_2d
+            recipe=DEMO_TINY_RECIPE,
         ),
     )
 }
@@ -187,3 +195,88 @@ def get_config(name: str) -> ModelConfig:
     if name not in CONFIGS:
         raise InputError(f"unknown model config {name!r}; known: {', '.join(CONFIGS)}")
     return CONFIGS[name]
+
+
+# Stored configs: plain dicts, lists and numbers (what `torch.load(weights_only=True)` reads back). Each
+# dataclass value carries its class name under TYPE_KEY, so a field that takes one of several classes
+# (`bev_encoder`) decodes unambiguously; only classes the field's annotation names are accepted.
+TYPE_KEY = "_type"
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """The config's values as plain containers, nested dataclasses tagged with their class names."""
+    return _encode(config)
+
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {TYPE_KEY: type(value).__name__,
+                **{f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, tuple | list):
+        return [_encode(item) for item in value]
+    return value
+
+
+def config_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Names of the top-level fields in which two configs differ."""
+    return [f.name for f in dataclasses.fields(ModelConfig) if getattr(a, f.name) != getattr(b, f.name)]
+
+
+def config_from_dict(values: Any, source: str = "stored config") -> ModelConfig:
+    """The ModelConfig that `config_to_dict` stored; InputError saying which field this code cannot
+    build (a field added, removed or retyped since) and why."""
+    return _decode(values, ModelConfig, source)
+
+
+def _decode(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        classes = [option for option in options if dataclasses.is_dataclass(option)]
+        if not classes:
+            return _decode(value, next(o for o in options if o is not type(None)), where)
+        tag = value.get(TYPE_KEY) if isinstance(value, dict) else type(value).__name__
+        chosen = [c for c in classes if c.__name__ == tag]
+        if not chosen:
+            raise InputError(f"{where}: expected a stored {' or '.join(c.__name__ for c in classes)}, found "
+                             f"{tag!r}; this code cannot build that model")
+        return _decode(value, chosen[0], where)
+    if dataclasses.is_dataclass(annotation):
+        return _decode_dataclass(value, annotation, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{where}: expected a list, got {value!r}")
+        items = typing.get_args(annotation)
+        types_ = [items[0]] * len(value) if len(items) == 2 and items[1] is Ellipsis else list(items)
+        if len(types_) != len(value):
+            raise InputError(f"{where}: expected {len(types_)} values, got {len(value)}")
+        return tuple(_decode(item, t, f"{where}[{i}]") for i, (item, t) in enumerate(zip(value, types_,
+                                                                                           strict=True)))
+    expected = float if annotation is float else annotation
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(expected, type) and not isinstance(value, expected):
+        raise InputError(f"{where}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _decode_dataclass(value: Any, cls: type, where: str) -> Any:
+    if not isinstance(value, dict) or value.get(TYPE_KEY) != cls.__name__:
+        found = value.get(TYPE_KEY) if isinstance(value, dict) else type(value).__name__
+        raise InputError(f"{where}: expected a stored {cls.__name__}, found {found!r}; this code cannot "
+                         "build that model")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    stored = {key: item for key, item in value.items() if key != TYPE_KEY}
+    unknown = sorted(stored.keys() - fields.keys())
+    if unknown:
+        raise InputError(f"{where}: {cls.__name__} has no field(s) {', '.join(unknown)} in this code (the "
+                         "checkpoint's code had them); this code cannot build that model")
+    required = [name for name, f in fields.items() if name not in stored
+                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if required:
+        raise InputError(f"{where}: the stored {cls.__name__} lacks field(s) {', '.join(required)}, which "
+                         "this code requires")
+    return cls(**{name: _decode(item, hints[name], f"{where}.{name}") for name, item in stored.items()})

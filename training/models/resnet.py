@@ -5,7 +5,7 @@ The layout (`conv1`, `bn1`, `layer1..4` of blocks with `conv1/bn1/conv2/bn2[/con
 Images are B x 3 x H x W; stage i (0-based) has stride 4 * 2**i relative to the image.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -154,6 +154,12 @@ class ResNet(nn.Module):
 
         self._init_weights(zero_init_residual)
         self._freeze_stages()
+
+    @staticmethod
+    def imagenet_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A torchvision ImageNet checkpoint (`resnet50-0676ba61.pth`, what mmcv's `torchvision://resnet50`
+        downloads) in this module's names: the same names, less the classifier `fc`."""
+        return {key: value for key, value in state.items() if not key.startswith("fc.")}
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         """mmdet's initialisation when no pretrained weights are given."""
