@@ -19,20 +19,20 @@ import torch
 
 from benchmarks.bev_pool import median_seconds
 from occupancy import model_contract as contract
+from occupancy.model_repository import Runtime
 from training.export.onnx_export import ExportModel, export_onnx, sample_inputs
-from training.models.bev_pool import EXPORT_TARGETS, ExportTarget
 from training.models.configs import build_model, get_config
 
 CONFIGS = ("demo-tiny", "flashocc-r50-256x704")
 
 
-def measure(config_name: str, target: ExportTarget, folder: Path, repeats: int) -> list[str]:
+def measure(config_name: str, target: Runtime, folder: Path, repeats: int) -> list[str]:
     config = get_config(config_name)
     torch.manual_seed(0)
     model = build_model(config).eval()
     onnx_path = folder / f"{config_name}-{target}.onnx"
     started = time.perf_counter()
-    export_onnx(model, config, onnx_path, target=target)
+    export_onnx(model, config, onnx_path, runtime=target)
     export_seconds = time.perf_counter() - started
     inputs = sample_inputs(config)
     options = ort.SessionOptions()
@@ -57,7 +57,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as folder:
         for name in CONFIGS:
-            for target in EXPORT_TARGETS:
+            for target in (Runtime.ONNXRUNTIME, Runtime.TENSORRT):
                 row = measure(name, target, Path(folder), args.repeats)
                 print("| " + " | ".join(row) + " |", flush=True)
 

@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from occupancy.model_repository import require_models
     from service.backends.triton import TritonBackend
     from service.core.config import Settings
-    from service.repository import require_models
 
     # The workers build their apps from the environment (uvicorn's factory), so the flags go there.
     flags = {"OCC_MODEL_REPOSITORY": args.repository, "OCC_DEFAULT_MODEL": args.model,

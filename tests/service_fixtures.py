@@ -17,7 +17,9 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES
 from occupancy.geometry import matrix_to_quaternion
 from occupancy.grid import OCC3D_GRID
+from occupancy.model_repository import Runtime
 from occupancy.preprocess import apply_transform, bgr_to_rgb, decode_image, decode_scale, test_time_transform
+from training.publish import Artifact, publish
 
 # Roughly one voxel in 30 is occupied: sparse answers stay small.
 _PATTERN_PERIOD = 17 * 32
@@ -78,14 +80,30 @@ def build_test_model(input_size: tuple[int, int], temporal: bool = False, config
     ]
     graph = helper.make_graph(nodes, "fake_occupancy", inputs, [output], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    grid = {"shape": list(OCC3D_GRID.shape), "range_m": OCC3D_GRID.range_m,
-            "voxel_size_m": [OCC3D_GRID.voxel_size] * 3}
-    metadata = {contract.META_CONFIG: config, contract.META_INPUT_SIZE: list(input_size),
-                contract.META_GRID: grid, contract.META_CLASSES: list(CLASS_NAMES),
-                contract.META_TEMPORAL: temporal}
-    helper.set_model_props(model, {key: json.dumps(value) for key, value in metadata.items()})
+    helper.set_model_props(model, test_metadata(input_size, temporal, config).to_props())
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def test_metadata(input_size: tuple[int, int], temporal: bool = False, config: str = "test-fake",
+                  ) -> contract.ModelMetadata:
+    """The occ.* metadata of a test model over the Occ3D grid."""
+    grid = OCC3D_GRID
+    return contract.ModelMetadata(config=config, input_size=tuple(input_size), grid_shape=grid.shape,
+                                  range_m=tuple(grid.range_m), voxel_size_m=(grid.voxel_size,) * 3,
+                                  classes=tuple(CLASS_NAMES), temporal=temporal)
+
+
+test_metadata.__test__ = False  # a helper, not a test
+
+
+def write_python_model(repository: Path, name: str, onnx_path: Path, *, max_batch_size: int = 8,
+                       max_queue_delay_us: int = 2000) -> Path:
+    """Publish `onnx_path` as the next version of a python-backend model (what the bundled CPU Triton
+    serves); returns the model folder."""
+    publish(repository, name, Artifact(onnx_path), runtime=Runtime.PYTHON, max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us)
+    return repository / name
 
 
 def write_model(root: Path, name: str, versions: tuple[int, ...], model: bytes) -> Path:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from service_fixtures import build_test_model, write_model
+from service_fixtures import build_test_model
 
+from occupancy.model_repository import ONNX_FILE, PYTHON_MODEL_FILE, Runtime
 from training.export import tensorrt
-from training.export.triton_config import ONNX_FILE, PYTHON_MODEL_FILE
+from training.publish import Artifact, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -222,13 +223,16 @@ def test_python_backend_repository_writes_the_cpu_variant(tmp_path):
 
     source, target = tmp_path / "source", tmp_path / "target"
     model = build_test_model((32, 64))
-    write_model(source, "fake", (1, 3), model)
+    (tmp_path / "model.onnx").write_bytes(model)
+    for version in (1, 3):
+        publish(source, "fake", Artifact(tmp_path / "model.onnx"), runtime=Runtime.ONNXRUNTIME, gpu=True,
+                version=version)
     (source / "engine-only" / "2").mkdir(parents=True)
     (source / "README.md").write_text("not a model")
     assert module.main(source, target) == 0
     assert sorted(path.name for path in target.iterdir()) == ["fake"]
     version = target / "fake" / "3"
-    assert (version / ONNX_FILE).read_bytes() == model
+    assert (version / ONNX_FILE).read_bytes() == model and not (version / ONNX_FILE).is_symlink()
     assert (version / PYTHON_MODEL_FILE).is_file()
     config = (target / "fake" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "KIND_CPU" in config

@@ -24,13 +24,19 @@ from deploy_promql import (
     to_promql,
 )
 from fastapi.testclient import TestClient
-from service_fixtures import build_test_model, calibration, frame_images, multipart_files, write_model
+from service_fixtures import (
+    build_test_model,
+    calibration,
+    frame_images,
+    multipart_files,
+    write_model,
+    write_python_model,
+)
 from test_triton_local import free_ports
 
 from service.core.config import Settings
 from service.main import create_app
 from service.triton_local import TritonLocal
-from training.export.triton_config import write_python_backend_model
 
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
 GRAFANA = DOCKER / "grafana"
@@ -133,7 +139,7 @@ def triton_series(tmp_path_factory) -> set[str]:
     onnx_path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     onnx_path.write_bytes(build_test_model((32, 64)))
     root = tmp_path_factory.mktemp("triton-repository")
-    write_python_backend_model(root, "fake", onnx_path)
+    write_python_model(root, "fake", onnx_path)
     http_port, grpc_port, metrics_port = free_ports(3)
     with TritonLocal(
         root, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, load_models=("fake",)

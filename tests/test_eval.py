@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from service_fixtures import test_metadata
 from tiny_dataset import MICRO_CONFIG, write_labels, write_tiny_dataset
 
 from occ.cli import main as occ_main
@@ -125,7 +126,7 @@ def constant_onnx_model(path: Path, input_size: tuple[int, int], label: int) -> 
     graph = helper.make_graph([node], "constant", inputs, [output])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {model_contract.META_INPUT_SIZE: json.dumps(list(input_size))})
+    helper.set_model_props(model, test_metadata(input_size).to_props())
     onnx.save(model, path)
 
 

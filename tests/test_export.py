@@ -3,6 +3,7 @@ the repository layout and the command's errors."""
 
 import importlib.util
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,13 +18,15 @@ from occ.cli import main
 from occupancy import model_contract as contract
 from occupancy.classes import CLASS_NAMES
 from occupancy.errors import InputError
-from service.backends.base import served_model_from_metadata
-from training.export import repository_export
+from occupancy.model_repository import Runtime
+from service.backends.base import ServedModel
+from training.export import artifact as export_artifact_module
+from training.export.artifact import EngineOptions, export_artifact
 from training.export.onnx_export import ExportModel, Parity, check_parity, export_onnx, sample_inputs
-from training.export.repository_export import export_to_repository
 from training.export.tensorrt import cuda_device_count
 from training.models.checkpoint import load_model, save_checkpoint
 from training.models.configs import build_model, get_config
+from training.publish import publish
 
 # Standard ONNX operators that TensorRT 10 imports (ScatterElements with a reduction through its built-in
 # plugin); anything else in the TensorRT graph fails the test.
@@ -65,14 +68,24 @@ def demo_export(tmp_path_factory) -> tuple[Path, Path]:
     checkpoint.parent.mkdir()
     save_checkpoint(checkpoint, input_sensitive_model(DEMO), get_config(DEMO))
     (checkpoint.parent / "model_card.md").write_text("# demo card\n")
-    return checkpoint, export_to_repository(DEMO, checkpoint, root / "repo", log=_quiet)
+    return checkpoint, export_version(DEMO, checkpoint, root / "repo")
 
 
 @pytest.fixture(scope="module")
 def tensorrt_graph(demo_export, tmp_path_factory) -> Path:
     """The same checkpoint exported with the pooling for TensorRT (what `--format tensorrt` builds from)."""
     path = tmp_path_factory.mktemp("tensorrt") / "model.onnx"
-    return export_onnx(load_model(demo_export[0])[0], get_config(DEMO), path, target="tensorrt")
+    return export_onnx(load_model(demo_export[0])[0], get_config(DEMO), path, runtime=Runtime.TENSORRT)
+
+
+def export_version(name: str, checkpoint: Path | None, repository: Path,
+                   runtime: Runtime = Runtime.ONNXRUNTIME, log=_quiet, timing_cache: Path = Path("unused"),
+                   ) -> Path:
+    """What `occ export` does: an artifact in a scratch folder, then published as the next version."""
+    with tempfile.TemporaryDirectory() as scratch:
+        artifact = export_artifact(get_config(name), checkpoint, Path(scratch), runtime, log=log,
+                                   engine=EngineOptions(timing_cache=timing_cache))
+        return publish(repository, name, artifact, runtime=runtime, max_batch_size=4).version_dir
 
 
 def _run(onnx_path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,7 +162,7 @@ def test_metadata_is_what_the_gateway_reads(demo_export):
     assert json.loads(props[contract.META_INPUT_SIZE]) == list(config.input_size)
     assert json.loads(props[contract.META_CLASSES]) == list(CLASS_NAMES)
     assert json.loads(props[contract.META_TEMPORAL]) is False
-    served = served_model_from_metadata("demo-tiny", "1", ("1",), props, str(version_dir))
+    served = ServedModel.described("demo-tiny", "1", ("1",), props, str(version_dir))
     assert served.input_size == (128, 352) and served.grid_shape == (200, 200, 16)
     assert served.range_m == (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4) and served.voxel_size_m == (0.4, 0.4, 0.4)
 
@@ -177,10 +190,10 @@ def test_failed_parity_writes_nothing(demo_export, tmp_path, monkeypatch):
     bad = Parity(max_abs_logit_diff=0.5, max_abs_logit=1.0, max_abs_bev_diff=0.0, max_abs_bev=1.0,
                  bev_cells_differing=0, bev_cells=10000, argmax_agreement=0.9, voxels=640000,
                  seconds_onnx=0.0, seconds_torch=0.0)
-    monkeypatch.setattr(repository_export, "check_parity", lambda *_: bad)
+    monkeypatch.setattr(export_artifact_module, "check_parity", lambda *_: bad)
     with pytest.raises(InputError, match="does not match PyTorch"):
-        export_to_repository(DEMO, demo_export[0], tmp_path / "repo", log=_quiet)
-    assert list((tmp_path / "repo" / DEMO).iterdir()) == []
+        export_version(DEMO, demo_export[0], tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
 
 
 def _occ(capsys, *argv: str) -> tuple[int, str]:
@@ -229,15 +242,14 @@ def test_cli_exports_the_next_version_under_a_name(demo_export, tmp_path, capsys
 def test_tensorrt_format(demo_export, tmp_path):
     has_tensorrt = importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
     if has_tensorrt:
-        version_dir = export_to_repository(DEMO, demo_export[0], tmp_path, export_format="tensorrt",
-                                           timing_cache=tmp_path / "cache", log=_quiet)
+        version_dir = export_version(DEMO, demo_export[0], tmp_path, Runtime.TENSORRT,
+                                     timing_cache=tmp_path / "cache")
         assert (version_dir / "model.plan").is_file() and (version_dir / "model.onnx").is_file()
         assert parse_config(tmp_path / DEMO / "config.pbtxt").platform == "tensorrt_plan"
         return
     with pytest.raises(InputError, match="cannot build a TensorRT engine here"):
-        export_to_repository(DEMO, demo_export[0], tmp_path, export_format="tensorrt",
-                             timing_cache=tmp_path / "cache", log=_quiet)
-    assert list((tmp_path / DEMO).iterdir()) == []  # no half version, no staging folder
+        export_version(DEMO, demo_export[0], tmp_path, Runtime.TENSORRT, timing_cache=tmp_path / "cache")
+    assert not (tmp_path / DEMO).exists()  # no half version, no staging folder
 
 
 @pytest.mark.slow
@@ -247,7 +259,7 @@ def test_flashocc_r50_full_size_export_passes_parity(tmp_path):
     save_checkpoint(checkpoint, input_sensitive_model(name), get_config(name))
     messages: list[str] = []
     started = time.perf_counter()
-    version_dir = export_to_repository(name, checkpoint, tmp_path / "repo", log=messages.append)
+    version_dir = export_version(name, checkpoint, tmp_path / "repo", log=messages.append)
     print(f"flashocc-r50 export + parity: {time.perf_counter() - started:.1f} s; " + "; ".join(messages))
     assert any(m.startswith("parity ok") for m in messages)
     assert parse_config(tmp_path / "repo" / name / "config.pbtxt").platform == "onnxruntime_onnx"

@@ -2,6 +2,7 @@
 into a real Triton (loopback, CPU python backend), whose new version the gateway then serves."""
 
 import asyncio
+import importlib.util
 import json
 import math
 
@@ -17,6 +18,7 @@ from occupancy.classes import CLASS_NAMES
 from service.core.config import Settings
 from service.main import create_app
 from service.triton_local import TritonLocal
+from training.export.tensorrt import cuda_device_count
 from training.models.configs import CONFIGS
 from training.refresh import current_card, model_card_markdown, verdict
 
@@ -113,3 +115,18 @@ async def _predict_through_gateway(settings: Settings) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
             return await client.post("/predict", files=files)
+
+
+def test_refresh_of_a_tensorrt_served_model_takes_the_tensorrt_path(tmp_path, micro_config, capsys):
+    """The served runtime decides the export: an engine-served model is refreshed as an engine, and a
+    machine without TensorRT says so before any training starts."""
+    repository = tmp_path / "repository"
+    (repository / NAME).mkdir(parents=True)
+    (repository / NAME / "config.pbtxt").write_text(f'name: "{NAME}"\nplatform: "tensorrt_plan"\n')
+    command = ["refresh", "--config", micro_config, "--data-root", str(tmp_path / "data"), "--work-dir",
+               str(tmp_path / "work"), "--repository", str(repository), "--name", NAME]
+    if importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0:
+        pytest.skip("this machine can build engines: the refusal below is for machines without TensorRT")
+    assert occ_main(command) == 2
+    assert "cannot build a TensorRT engine here" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # refused before training

@@ -25,6 +25,8 @@ from service_fixtures import (
     multipart_files,
     reference_inputs,
     run_model,
+    test_metadata,
+    write_python_model,
 )
 from test_triton_local import free_ports
 from tritonclient.utils import InferenceServerException
@@ -32,13 +34,12 @@ from tritonclient.utils import InferenceServerException
 from occ.cli import main as occ_main
 from occupancy import model_contract as contract
 from occupancy.encoding import decode_dense
-from service.backends.base import BackendUnavailable, served_model_from_metadata
+from service.backends.base import BackendUnavailable, ServedModel
 from service.backends.triton import TritonBackend, _infer_input
 from service.backends.watch import warmup_inputs
 from service.core.config import Settings
 from service.main import create_app
 from service.triton_local import TritonLocal
-from training.export.triton_config import write_python_backend_model
 
 pytestmark = pytest.mark.integration
 INPUT_SIZE = (32, 64)
@@ -59,7 +60,7 @@ def onnx_files(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture
 def repository(tmp_path, onnx_files) -> Path:
     """A repository with version 1 of MODEL as a python-backend model (its model.onnx serves embedded)."""
-    write_python_backend_model(tmp_path / "repository", MODEL, onnx_files[0], max_queue_delay_us=0)
+    write_python_model(tmp_path / "repository", MODEL, onnx_files[0], max_queue_delay_us=0)
     return tmp_path / "repository"
 
 
@@ -151,7 +152,7 @@ def test_discovery_checks_triton_models_against_the_contract(repository, triton,
     with pytest.raises(InputError, match="'absent' is not loaded"):
         load("absent")
     # The contract's tensors, but no occ.* grid and classes in its config parameters.
-    write_python_backend_model(repository, "bare", write_tiny_model(tmp_path / "bare.onnx", (32, 64)))
+    write_python_model(repository, "bare", write_tiny_model(tmp_path / "bare.onnx", (32, 64)))
     grpcclient.InferenceServerClient(triton.grpc_url).load_model("bare")
     with pytest.raises(InputError, match=r"'bare'.*unusable occ\.\* metadata"):
         load("bare")
@@ -172,18 +173,11 @@ class ScriptedClient:
 
 
 def scripted_backend(statuses: list[str], answer=None, **settings) -> tuple[TritonBackend, ScriptedClient]:
-    model = served_model_from_metadata(MODEL, "1", ("1",), build_metadata(), "test")
+    model = ServedModel.described(MODEL, "1", ("1",), test_metadata(INPUT_SIZE).to_props(), "test")
     served = TritonBackend(Settings(backend="triton", **settings), {MODEL: model})  # no discovery
     client = ScriptedClient(statuses, answer)
     served._connect = lambda: client
     return served, client
-
-
-def build_metadata() -> dict[str, str]:
-    import onnx
-
-    model = onnx.load_from_string(build_test_model(INPUT_SIZE))
-    return {prop.key: prop.value for prop in model.metadata_props}
 
 
 def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():

@@ -19,11 +19,11 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from service_fixtures import write_python_model
 from test_triton_config import tiny_frames, write_tiny_model
 
 from occupancy import model_contract as contract
 from service.triton_local import TritonLocal
-from training.export.triton_config import write_python_backend_model
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny"
@@ -44,14 +44,15 @@ def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     onnx_path = write_tiny_model(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
     # A long queue delay lets the concurrent requests below meet in one batch.
-    write_python_backend_model(root, MODEL, onnx_path, max_batch_size=8, max_queue_delay_us=200_000)
+    write_python_model(root, MODEL, onnx_path, max_batch_size=8, max_queue_delay_us=200_000)
     return root
 
 
 @pytest.fixture(scope="module")
 def server(repository):
     http_port, grpc_port, metrics_port = free_ports(3)
-    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                         load_models=())
     triton.start()
     try:
         triton.start_seconds = triton.wait_ready(timeout_s=60)

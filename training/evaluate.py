@@ -6,7 +6,6 @@ protocol. Predictions are stored, and read, as `<pred dir>/<scene name>/<sample 
 with `semantics` (uint8 X x Y x Z), the layout of Occ3D's ground truth `gts/`.
 """
 
-import json
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -62,11 +61,10 @@ def onnx_session(path: Path):
 
 
 def onnx_input_size(session) -> tuple[int, int]:
-    """The model's (H, W): from its `occ.input_size` metadata, else the images input's static shape."""
-    metadata = session.get_modelmeta().custom_metadata_map
-    if model_contract.META_INPUT_SIZE in metadata:
-        height, width = json.loads(metadata[model_contract.META_INPUT_SIZE])
-        return int(height), int(width)
+    """The model's (H, W): from its occ.* metadata, else the images input's static shape."""
+    props = session.get_modelmeta().custom_metadata_map
+    if model_contract.META_INPUT_SIZE in props:
+        return model_contract.ModelMetadata.from_props(props, "--onnx").input_size
     images = next(node for node in session.get_inputs() if node.name == model_contract.IMAGES)
     height, width = images.shape[-2:]
     if not (isinstance(height, int) and isinstance(width, int)):

@@ -19,10 +19,10 @@ import onnxruntime as ort
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
-from service.backends.base import Backend, Inference, ServedModel, served_model_from_metadata
+from occupancy.model_repository import ModelVersions, require_models, scan_repository
+from service.backends.base import Backend, Inference, ServedModel
 from service.backends.watch import Poller, warmup_inputs
 from service.core.config import Settings
-from service.repository import ModelVersions, require_models, scan_repository
 
 log = logging.getLogger("service.embedded")
 
@@ -80,15 +80,15 @@ class EmbeddedBackend(Backend):
         return Inference(outputs[0], entry.model)
 
     def refresh(self) -> list[str]:
-        """Swap in the newest version of every served model whose newest version changed, once it has
-        loaded and answered a dummy frame; a version that fails is logged and skipped. Returns the
-        names swapped. Runs on the watch thread (or a test's)."""
+        """Swap in the newest version of every model whose newest version changed, and start serving a
+        model that appeared, once it has loaded and answered a dummy frame; a version that fails is
+        logged and skipped. Returns the names swapped in. Runs on the watch thread (or a test's)."""
         swapped = []
         for name, entry in scan_repository(self._root).items():
             current, stamp = self._loaded.get(name), _stamp(entry)
-            if current is None or (name, stamp) in self._failed:
-                continue  # only the models served since start-up are followed
-            if stamp == current.stamp:
+            if (name, stamp) in self._failed:
+                continue
+            if current is not None and stamp == current.stamp:
                 if entry.versions != tuple(int(v) for v in current.model.versions):  # old ones were pruned
                     self._replace(name, dataclasses.replace(
                         current, model=dataclasses.replace(current.model, versions=_names(entry))))
@@ -104,8 +104,9 @@ class EmbeddedBackend(Backend):
                 continue
             self._replace(name, fresh)
             swapped.append(name)
-            log.info("model %s: version %s replaces %s (loaded and warmed up in %.2f s)", name,
-                     fresh.model.version, current.model.version, time.perf_counter() - started)
+            replaced = f"replaces {current.model.version}" if current else "is now served (a new model)"
+            log.info("model %s: version %s %s (loaded and warmed up in %.2f s)", name, fresh.model.version,
+                     replaced, time.perf_counter() - started)
         return swapped
 
     def _replace(self, name: str, entry: _Loaded) -> None:
@@ -136,7 +137,7 @@ def _load(entry: ModelVersions, options: ort.SessionOptions) -> _Loaded:
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     _check_signature(session, path)
     metadata = session.get_modelmeta().custom_metadata_map
-    model = served_model_from_metadata(entry.name, str(entry.latest), _names(entry), metadata, str(path))
+    model = ServedModel.described(entry.name, str(entry.latest), _names(entry), metadata, str(path))
     return _Loaded(model, session, stamp)
 
 

@@ -36,7 +36,6 @@ from service.backends.base import (
     BackendUnavailable,
     Inference,
     ServedModel,
-    served_model_from_metadata,
 )
 from service.core.config import Settings
 
@@ -244,7 +243,7 @@ def _describe(
     versions = tuple(sorted(metadata.versions, key=int))
     if not versions:
         raise InputError(f"{source}: no version is ready")
-    model = served_model_from_metadata(metadata.name, versions[-1], versions, parameters, source)
+    model = ServedModel.described(metadata.name, versions[-1], versions, parameters, source)
     image_shape = tuple(inputs[contract.IMAGES].shape)  # [-1, 6, 3, H, W]
     if image_shape[-2:] != model.input_size:
         raise InputError(f"{source}: images of shape {list(image_shape)}, but occ.input_size is "

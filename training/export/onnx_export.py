@@ -11,7 +11,6 @@ geometry and the scatter.
 """
 
 import io
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,10 +22,12 @@ from torch import Tensor, nn
 
 from occupancy import model_contract as contract
 from occupancy.classes import CLASS_NAMES
+from occupancy.model_contract import ModelMetadata
+from occupancy.model_repository import Runtime
 from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from training.batch import CameraBatch
 from training.export.rig import nuscenes_like_batch
-from training.models.bev_pool import ExportTarget, export_target
+from training.models.bev_pool import export_target
 from training.models.configs import ModelConfig
 from training.models.occupancy_model import OccupancyModel
 
@@ -79,24 +80,19 @@ def sample_inputs(config: ModelConfig, batch_size: int = 1, seed: int = 0) -> di
     }
 
 
-def metadata(config: ModelConfig) -> dict[str, str]:
-    """The occ.* metadata_props (JSON values) the gateway and Triton configs read."""
+def metadata(config: ModelConfig) -> ModelMetadata:
+    """What the exported graph says about itself in its metadata_props (the gateway and Triton configs
+    read them)."""
     grid = config.grid
-    values = {
-        contract.META_CONFIG: config.name,
-        contract.META_INPUT_SIZE: list(config.input_size),
-        contract.META_GRID: {"shape": list(grid.shape), "range_m": grid.range_m,
-                             "voxel_size_m": [grid.voxel_size] * 3},
-        contract.META_CLASSES: list(CLASS_NAMES),
-        contract.META_TEMPORAL: False,
-    }
-    return {key: json.dumps(value) for key, value in values.items()}
+    return ModelMetadata(config=config.name, input_size=tuple(config.input_size), grid_shape=grid.shape,
+                         range_m=tuple(grid.range_m), voxel_size_m=(grid.voxel_size,) * 3,
+                         classes=tuple(CLASS_NAMES), temporal=False)
 
 
 def export_onnx(model: OccupancyModel, config: ModelConfig, path: Path, opset: int = DEFAULT_OPSET,
-                target: ExportTarget = "onnxruntime") -> Path:
+                runtime: Runtime = Runtime.ONNXRUNTIME) -> Path:
     """Export `model` (eval mode) behind the contract to `path`, with a dynamic batch axis and metadata;
-    `target` is the runtime whose BEV pooling formulation the graph gets."""
+    the graph gets the BEV pooling formulation of `runtime`."""
     import onnx
 
     if opset < MIN_OPSET:
@@ -106,14 +102,14 @@ def export_onnx(model: OccupancyModel, config: ModelConfig, path: Path, opset: i
     example = tuple(torch.from_numpy(inputs[name]) for name in contract.INPUT_NAMES)
     axes = {name: {0: BATCH_AXIS} for name in (*contract.INPUT_NAMES, *contract.OUTPUT_NAMES)}
     buffer = io.BytesIO()
-    with torch.no_grad(), export_target(target):
+    with torch.no_grad(), export_target(runtime):
         torch.onnx.export(wrapper, example, buffer, input_names=list(contract.INPUT_NAMES),
                           output_names=list(contract.OUTPUT_NAMES), dynamic_axes=axes, opset_version=opset,
                           dynamo=False, do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
     _fix_output_shape(proto, (*config.grid.shape,))
-    onnx.helper.set_model_props(proto, metadata(config))
-    proto.doc_string = f"{config.name}: {config.description} (BEV pooling for {target})"
+    onnx.helper.set_model_props(proto, metadata(config).to_props())
+    proto.doc_string = f"{config.name}: {config.description} (BEV pooling for {runtime.graph})"
     onnx.checker.check_model(proto)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))

@@ -99,23 +99,18 @@ def downsample_gt_depth(gt_depth: Tensor, downsample: int) -> Tensor:
     return torch.where(torch.isinf(nearest), torch.zeros_like(nearest), nearest)
 
 
-def depth_bin_targets(depth: Tensor, depth_bins: DepthBins, sid: bool = False) -> Tensor:
+def depth_bin_targets(depth: Tensor, depth_bins: DepthBins) -> Tensor:
     """One-hot depth bins ... x D (float) of depths ... in metres; all zeros where the depth is 0 or
     outside the bins. Bin i covers [d_i, d_i + step) with d_i the frustum's i-th depth, the
     reference's `(d - (lower - step)) / step` truncated, with bin 0 of its D + 1 dropped."""
     count = depth_bins.count
-    if sid:
-        ratio = torch.log(torch.tensor((depth_bins.upper - 1) / depth_bins.lower))
-        position = torch.log(depth / depth_bins.lower) * (count - 1) / ratio + 1
-    else:
-        position = (depth - (depth_bins.lower - depth_bins.step)) / depth_bins.step
-    valid = (position >= 1) & (position < count + 1)  # log(0) = -inf under sid fails too
+    position = (depth - (depth_bins.lower - depth_bins.step)) / depth_bins.step
+    valid = (position >= 1) & (position < count + 1)
     index = torch.where(valid, position, torch.zeros_like(position)).long()
     return F.one_hot(index, count + 1)[..., 1:].float()
 
 
-def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsample: int, sid: bool = False,
-               ) -> Tensor:
+def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsample: int) -> Tensor:
     """BEVDepth's `get_depth_loss` without its weight: binary cross-entropy between the predicted
     depth probabilities and the one-hot bins of the nearest point, summed over bins and averaged
     over the feature pixels that have a target (pixels without one give no gradient).
@@ -124,7 +119,7 @@ def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsampl
         depth: B x N x D x fH x fW softmax probabilities (the view transformer's second output).
         gt_depth: B x N x H x W depths at input resolution, metres along the optical axis, 0 = no point.
     """
-    target = depth_bin_targets(downsample_gt_depth(gt_depth, downsample), depth_bins, sid)  # B N fH fW D
+    target = depth_bin_targets(downsample_gt_depth(gt_depth, downsample), depth_bins)  # B N fH fW D
     prediction = depth.float().permute(0, 1, 3, 4, 2)
     foreground = target.amax(-1) > 0
     # BCE on probabilities is unsafe under autocast; it runs in fp32.
@@ -146,7 +141,6 @@ class LSSViewTransformer(nn.Module):
         out_channels: C, channels of the BEV features per height slice.
         collapse_z: stack the Z slices into channels (B x Z*C x Y x X) instead of returning
             B x C x Z x Y x X.
-        sid: spacing-increasing depth discretisation (STS) instead of uniform bins.
     """
 
     def __init__(
@@ -158,14 +152,12 @@ class LSSViewTransformer(nn.Module):
         in_channels: int = 256,
         out_channels: int = 64,
         collapse_z: bool = True,
-        sid: bool = False,
     ) -> None:
         super().__init__()
         self.grid_shape = grid.shape
         self.downsample = downsample
         self.out_channels = out_channels
         self.collapse_z = collapse_z
-        self.sid = sid
         self.depth_bins = depth_bins
         self.D = depth_bins.count
         # Not in the state dict: the reference keeps these as plain attributes.
@@ -186,10 +178,6 @@ class LSSViewTransformer(nn.Module):
         height, width = input_size
         feat_h, feat_w = height // downsample, width // downsample
         depths = torch.arange(depth_bins.lower, depth_bins.upper, depth_bins.step, dtype=torch.float)
-        if self.sid:
-            index = torch.arange(len(depths), dtype=torch.float)
-            ratio = torch.log(torch.tensor((depth_bins.upper - 1) / depth_bins.lower))
-            depths = depth_bins.lower * torch.exp(index / (len(depths) - 1) * ratio)
         d = depths.view(-1, 1, 1).expand(-1, feat_h, feat_w)
         u = torch.linspace(0, width - 1, feat_w).view(1, 1, feat_w).expand_as(d)
         v = torch.linspace(0, height - 1, feat_h).view(1, feat_h, 1).expand_as(d)
@@ -243,4 +231,4 @@ class LSSViewTransformer(nn.Module):
 
     def get_depth_loss(self, gt_depth: Tensor, depth: Tensor) -> Tensor:
         """`depth_loss` of `forward`'s depth against B x N x H x W input-resolution depths (0 = none)."""
-        return depth_loss(depth, gt_depth, self.depth_bins, self.downsample, self.sid)
+        return depth_loss(depth, gt_depth, self.depth_bins, self.downsample)
