@@ -14,7 +14,8 @@ Three formulations of the same sum, each `(depth, feat, cell, num_cells) -> num_
 - `sum_sorted_prefix`, exported for ONNX Runtime: sort the points by cell (TopK), prefix-sum the
   sorted rows and take differences at the cell boundaries; 2-3x faster there, but TensorRT imports
   neither a TopK over 371k elements nor float64.
-`export_target(...)` picks what `bev_pool` exports; benchmarks/bev_pool_results.md has the numbers.
+`export_target(...)` picks what `bev_pool` exports (and other runtime-specific formulations, such as
+the heads' Softplus: `onnx_export_target()`); benchmarks/bev_pool_results.md has the numbers.
 """
 
 from collections.abc import Iterator
@@ -42,6 +43,11 @@ def export_target(target: ExportTarget) -> Iterator[None]:
         yield
     finally:
         _export_target.reset(token)
+
+
+def onnx_export_target() -> ExportTarget | None:
+    """The runtime the ONNX export in progress is for; None outside an export (training, eager)."""
+    return _export_target.get() if torch.onnx.is_in_onnx_export() else None
 
 
 def flat_cells(voxel_index: Tensor, grid_shape: tuple[int, int, int]) -> tuple[Tensor, int | Tensor]:
@@ -140,11 +146,7 @@ def bev_pool(depth: Tensor, feat: Tensor, voxel_index: Tensor, grid_shape: tuple
     channels = feat.shape[2]
     size_x, size_y, size_z = grid_shape
     cell, cells = flat_cells(voxel_index, grid_shape)
-    if not torch.onnx.is_in_onnx_export():
-        pool = sum_index_add
-    elif _export_target.get() == "tensorrt":
-        pool = sum_scatter_elements
-    else:
-        pool = sum_sorted_prefix
+    pool = {None: sum_index_add, "tensorrt": sum_scatter_elements, "onnxruntime": sum_sorted_prefix}[
+        onnx_export_target()]
     pooled = pool(depth, feat, cell, cells).view(batch, -1, channels)[:, :-1]
     return pooled.reshape(batch, size_z, size_y, size_x, channels).permute(0, 4, 1, 2, 3).contiguous()
