@@ -11,13 +11,14 @@ Run: `.venv/bin/python -m benchmarks.encoding [--grid pred.npy] [--repeats 30]`
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.http_predict import load_average, machine
+from benchmarks.http_predict import load_average
+from benchmarks.timing import interleaved, markdown_table, report_header
 from occupancy.classes import FREE_CLASS
 from occupancy.encoding import (
     DENSE_ENCODING,
@@ -104,22 +105,13 @@ def main() -> None:
         if name.startswith("sparse") and json.loads(option(grid)) != baseline:
             raise SystemExit(f"{name}: not the same JSON as the baseline")
     started_load = load_average()
-    seconds: dict[str, list[float]] = {name: [] for name in chosen}
-    for _ in range(args.repeats):
-        for name, option in chosen.items():
-            started = time.perf_counter()
-            option(grid)
-            seconds[name].append(time.perf_counter() - started)
-    print(*machine(), sep="\n")
-    print(f"- load average (1/5/15 min) at start {started_load}, at end {load_average()}")
+    seconds = interleaved({name: partial(option, grid) for name, option in chosen.items()}, args.repeats)
+    print(*report_header(started_load), sep="\n")
     print(f"- grid: {args.grid or EXAMPLE_LABELS}, {int((grid != FREE_CLASS).sum())} non-free voxels; "
           f"median and min of {args.repeats} interleaved runs\n")
-    print("| encoding | median ms | min ms | bytes |")
-    print("| --- | --- | --- | --- |")
-    for name, option in chosen.items():
-        times = seconds[name]
-        print(f"| {name} | {1000 * statistics.median(times):.2f} | {1000 * min(times):.2f} | "
-              f"{len(option(grid)):,} |")
+    rows = [[name, f"{1000 * statistics.median(seconds[name]):.2f}", f"{1000 * min(seconds[name]):.2f}",
+             f"{len(option(grid)):,}"] for name, option in chosen.items()]
+    print(markdown_table(["encoding", "median ms", "min ms", "bytes"], rows))
 
 
 if __name__ == "__main__":

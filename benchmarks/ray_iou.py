@@ -11,12 +11,13 @@ Run: `.venv/bin/python -m benchmarks.ray_iou [--pred pred.npy] [--repeats 5]`
 
 import argparse
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.http_predict import load_average, machine
+from benchmarks.http_predict import load_average
+from benchmarks.timing import interleaved, markdown_table, report_header
 from occupancy.ray_metrics import LIDAR_DIRECTIONS, MAX_ORIGINS, RayMetric
 
 LABELS = Path("examples/frame/labels.npz")
@@ -33,25 +34,19 @@ def main() -> None:
     pred = np.load(args.pred) if args.pred else np.roll(gt, 1, axis=0)
     origin_sets = {count: LIDAR + np.outer(np.arange(count) - count // 2, [5.0, 0.0, 0.0])
                    for count in (1, MAX_ORIGINS)}
-    seconds: dict[int, list[float]] = {count: [] for count in origin_sets}
     started_load = load_average()
-    for _ in range(args.repeats):
-        for count, origins in origin_sets.items():
-            metric = RayMetric()
-            started = time.perf_counter()
-            metric.update(pred, gt, origins)
-            seconds[count].append(time.perf_counter() - started)
-    print(*machine(), sep="\n")
-    print(f"- load average (1/5/15 min) at start {started_load}, at end {load_average()}")
+    seconds = interleaved({count: partial(RayMetric().update, pred, gt, origins)
+                           for count, origins in origin_sets.items()}, args.repeats)
+    print(*report_header(started_load), sep="\n")
     print(f"- prediction: {args.pred or 'ground truth moved by one voxel along x'}; median of "
           f"{args.repeats} interleaved runs\n")
-    print("| origins | rays | ms per frame | rays per second | Occ3D val (6019 frames) |")
-    print("| --- | --- | --- | --- | --- |")
+    rows = []
     for count, times in seconds.items():
-        median = statistics.median(times)
-        rays = count * len(LIDAR_DIRECTIONS)
-        print(f"| {count} | {rays:,} | {1000 * median:.0f} | {rays / median:,.0f} | "
-              f"{OCC3D_VAL_FRAMES * median / 60:.1f} min |")
+        median, rays = statistics.median(times), count * len(LIDAR_DIRECTIONS)
+        rows.append([str(count), f"{rays:,}", f"{1000 * median:.0f}", f"{rays / median:,.0f}",
+                     f"{OCC3D_VAL_FRAMES * median / 60:.1f} min"])
+    header = ["origins", "rays", "ms per frame", "rays per second", f"Occ3D val ({OCC3D_VAL_FRAMES} frames)"]
+    print(markdown_table(header, rows))
 
 
 if __name__ == "__main__":
