@@ -11,7 +11,7 @@ layout of Occ3D's ground truth `gts/`.
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
@@ -37,28 +37,28 @@ RayOrigins = Mapping[str, np.ndarray]  # sample token -> (T, 3) RayIoU ray origi
 
 @dataclass
 class Scores:
-    """mIoU and, where the frames' poses were known, RayIoU of one evaluation."""
+    """mIoU and, where the samples' ray origins are known (from the poses of an index), RayIoU."""
 
     occupancy: OccupancyMetric
     rays: RayMetric | None
+    origins: RayOrigins | None = field(default=None, repr=False)
 
-    def update(self, token: str, pred: np.ndarray, gt: np.ndarray, mask_camera: np.ndarray,
-               origins: RayOrigins | None) -> None:
+    @classmethod
+    def new(cls, origins: RayOrigins | None) -> "Scores":
+        return cls(OccupancyMetric(), None if origins is None else RayMetric(), origins)
+
+    def update(self, token: str, pred: np.ndarray, gt: np.ndarray, mask_camera: np.ndarray) -> None:
         self.occupancy.update(pred, gt, mask_camera)
-        if self.rays is not None and origins is not None:
-            if token not in origins:
+        if self.rays is not None and self.origins is not None:
+            if token not in self.origins:
                 raise InputError(f"sample {token}: not in the index whose poses give the RayIoU rays")
-            self.rays.update(pred, gt, origins[token])
+            self.rays.update(pred, gt, self.origins[token])
 
     def table(self) -> str:
         """The mIoU table, then the RayIoU table (or why there is none)."""
         if self.rays is None:
             return self.occupancy.table() + "\nRayIoU: not computed (it needs the poses of a data root index)"
         return self.occupancy.table() + "\n\n" + self.rays.table()
-
-
-def new_scores(origins: RayOrigins | None) -> Scores:
-    return Scores(OccupancyMetric(), None if origins is None else RayMetric())
 
 
 def frame_pose(entry: Mapping) -> FramePose:
@@ -145,11 +145,11 @@ def accumulate(predictions: Predictions, save_dir: Path | None = None,
                origins: RayOrigins | None = None) -> Scores:
     """Score predictions against their batches' labels (RayIoU too, given the samples' ray origins);
     optionally store them as pred.npz files."""
-    scores = new_scores(origins)
+    scores = Scores.new(origins)
     for batch, classes in predictions:
         for i, (scene, token) in enumerate(zip(batch.scene_names, batch.tokens, strict=True)):
             gt, mask_camera = batch.semantics[i].numpy(), batch.mask_camera[i].numpy()
-            scores.update(token, classes[i], gt, mask_camera, origins)
+            scores.update(token, classes[i], gt, mask_camera)
             if save_dir:
                 save_prediction(save_dir, scene, token, classes[i])
     return scores
@@ -186,13 +186,13 @@ def saved_pairs(gt_root: Path, pred_dir: Path) -> Iterable[tuple[Path, Path]]:
 def evaluate_saved(gt_root: Path, pred_dir: Path, origins: RayOrigins | None = None) -> Scores:
     """Score saved predictions against Occ3D ground truth `<gt_root>/<scene>/<token>/labels.npz` (RayIoU
     too, given the samples' ray origins)."""
-    scores = new_scores(origins)
+    scores = Scores.new(origins)
     for labels, prediction in saved_pairs(gt_root, pred_dir):
         semantics, mask_camera = read_labels(labels)
         pred = read_prediction(prediction)
         if pred.shape != semantics.shape:
             raise InputError(f"{prediction}: semantics of shape {pred.shape}, ground truth {semantics.shape}")
-        scores.update(prediction.parent.name, pred, semantics, mask_camera, origins)
+        scores.update(prediction.parent.name, pred, semantics, mask_camera)
     return scores
 
 
