@@ -96,19 +96,22 @@ def check_bounds(requests: int, concurrency: int, duration_s: float) -> None:
         raise InputError(f"--requests {requests}: expected 1 to {MAX_REQUESTS}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise InputError(f"--concurrency {concurrency}: expected 1 to {MAX_CONCURRENCY}")
-    if not 0 < duration_s <= MAX_DURATION_S:
-        raise InputError(f"--duration {duration_s}: expected more than 0 and at most {MAX_DURATION_S:.0f} s")
+    _check_duration(duration_s)
 
 
 def check_rate(rate: float, duration_s: float) -> None:
     """InputError for an open-loop run outside the bounds (rate, time, frame count)."""
     if not 0 < rate <= MAX_RATE:
         raise InputError(f"--rate {rate}: expected more than 0 and at most {MAX_RATE:.0f} frames/s")
-    if not 0 < duration_s <= MAX_DURATION_S:
-        raise InputError(f"--duration {duration_s}: expected more than 0 and at most {MAX_DURATION_S:.0f} s")
+    _check_duration(duration_s)
     if round(rate * duration_s) > MAX_REQUESTS:
         raise InputError(f"--rate {rate} for --duration {duration_s}: {round(rate * duration_s)} frames, "
                          f"more than {MAX_REQUESTS}")
+
+
+def _check_duration(duration_s: float) -> None:
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise InputError(f"--duration {duration_s}: expected more than 0 and at most {MAX_DURATION_S:.0f} s")
 
 
 class _Outcomes:
