@@ -6,18 +6,25 @@ from pathlib import Path
 
 from clients.cli_args import add_frame_arguments, add_gateway_arguments
 
-HELP = "load-test a local gateway with one frame: throughput, latency percentiles, errors, stage times"
+HELP = ("load-test a local gateway with one frame, closed loop (--concurrency) or open loop (--rate): "
+        "throughput, latency percentiles, errors, stage times")
+DEFAULT_REQUESTS, DEFAULT_CONCURRENCY = 20, 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gateway_arguments(parser)
     add_frame_arguments(parser, with_files=False)
-    # Bounded (clients.bench): at most 10,000 requests, 64 in flight, 600 s.
-    parser.add_argument("--requests", type=int, default=20, help="requests to send (default: %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=1,
-                        help="requests in flight (default: %(default)s)")
+    # Bounded (clients.bench): at most 10,000 requests, 64 in flight (closed loop), 1000 frames/s, 600 s.
+    parser.add_argument("--requests", type=int,
+                        help=f"closed loop: requests to send (default: {DEFAULT_REQUESTS})")
+    parser.add_argument("--concurrency", type=int,
+                        help=f"closed loop: requests in flight (default: {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--rate", type=float, metavar="FPS",
+                        help="open loop: offer this many frames per second for --duration, each sent on "
+                        "time whatever is still unanswered; latency counts from the scheduled time")
     parser.add_argument("--duration", type=float, default=120.0,
-                        help="stop sending after this many seconds (default: %(default)s)")
+                        help="closed loop: stop sending after this many seconds; open loop: how long "
+                        "frames are offered (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="uncounted first requests (default: %(default)s)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
@@ -28,13 +35,21 @@ def run(args: argparse.Namespace) -> int:
 
     import httpx
 
-    from clients.bench import bench, check_bounds, require_loopback
+    from clients.bench import bench, check_bounds, check_rate, require_loopback
     from clients.cli_args import frame_from_args
     from clients.client import GatewayError, build_request
     from occupancy.errors import InputError
 
     require_loopback(args.url)
-    check_bounds(args.requests, args.concurrency, args.duration)
+    requests = DEFAULT_REQUESTS if args.requests is None else args.requests
+    concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency
+    if args.rate is None:
+        check_bounds(requests, concurrency, args.duration)
+    else:
+        if args.requests is not None or args.concurrency is not None:
+            raise InputError("--rate: an open-loop run offers rate x duration frames; "
+                             "--requests and --concurrency are for closed-loop runs")
+        check_rate(args.rate, args.duration)
     if args.warmup < 0:
         raise InputError(f"--warmup {args.warmup}: expected 0 or more")
     if args.data_root is None:
@@ -42,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     images, calibration, _ = frame_from_args(args)
     request = build_request(images, calibration, args.model, args.encoding)
     try:
-        result = bench(args.url, request, args.requests, args.concurrency, args.duration, args.warmup,
-                       args.api_key, args.timeout)
+        result = bench(args.url, request, requests, concurrency, args.duration, args.warmup, args.api_key,
+                       args.timeout, rate=args.rate)
     except GatewayError as error:
         print(f"occ bench: warm-up failed: {error}", file=sys.stderr)
         return 1
@@ -53,4 +68,6 @@ def run(args: argparse.Namespace) -> int:
     print(result.summary())
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))
+    if args.rate is not None:  # open loop: refusals under overload are a finding, not a failure
+        return 0 if result.ok else 1
     return 0 if result.ok == result.requests else 1

@@ -219,11 +219,48 @@ def test_occ_bench_counts(server, data_root, tmp_path, capsys):
     assert (result.requests, result.ok, result.errors, result.latency_ms) == (4, 0, {"404": 4}, ())
 
 
+@pytest.mark.integration
+def test_occ_bench_open_loop_offers_rate_times_duration_frames(server, data_root, tmp_path, capsys):
+    report = tmp_path / "open.json"
+    code = main(["bench", "--url", server, "--data-root", str(data_root), "--rate", "8", "--duration", "1.5",
+                 "--encoding", "npy", "--json", str(report)])
+    assert code == 0, capsys.readouterr()
+    result = json.loads(report.read_text())
+    assert result["requests"] == 12 and result["ok"] + sum(result["errors"].values()) == 12
+    assert result["offered_fps"] == 8 and result["concurrency"] is None
+    assert result["fps"] == pytest.approx(result["ok"] / result["wall_s"])
+    # Frames are sent on schedule, not after the previous answer: the run lasts about 11 / 8 s, not less.
+    assert result["wall_s"] >= 11 / 8
+    assert result["latency_ms"]["p50"] <= result["latency_ms"]["p90"] <= result["latency_ms"]["p99"]
+    assert "offered open-loop at 8 frames/s" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_open_loop_counts_the_503s_of_a_full_queue(repository, data_root, tmp_path, monkeypatch):
+    # One frame at a time and no waiting room: of 40 frames offered within 40 ms, those that arrive while
+    # one is being decoded and run are refused.
+    monkeypatch.setenv("OCC_MAX_QUEUE", "0")
+    monkeypatch.setenv("OCC_MAX_CONCURRENT", "1")
+    frame = dataset_frame(data_root)
+    request = build_request(frame.images, frame.calibration, encoding="npy")
+    with running_gateway("--repository", str(repository[0]), log_path=tmp_path / "serve.log") as url:
+        result = bench(url, request, duration_s=0.04, rate=1000, warmup=1)
+    assert result.requests == 40 and result.ok >= 1
+    assert result.ok + result.errors.get("503", 0) == 40 and result.errors.get("503", 0) >= 1
+    assert result.share_overloaded == result.errors["503"] / 40
+    assert result.to_dict()["share_503"] == result.share_overloaded
+
+
 def test_occ_bench_refuses_other_hosts_and_big_runs(data_root, capsys):
     assert main(["bench", "--url", "http://example.com", "--data-root", str(data_root)]) == 2
     assert main(["bench", "--url", "http://127.0.0.1:9", "--data-root", str(data_root),
                  "--requests", "100000"]) == 2
+    assert main(["bench", "--url", "http://127.0.0.1:9", "--data-root", str(data_root),
+                 "--rate", "100", "--duration", "200"]) == 2
+    assert main(["bench", "--url", "http://127.0.0.1:9", "--data-root", str(data_root),
+                 "--rate", "5", "--concurrency", "2"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert "localhost" in errors[0] and "--requests 100000" in errors[1]
+    assert "20000 frames, more than 10000" in errors[2] and "--concurrency" in errors[3]
     with pytest.raises(httpx.ConnectError):
         bench("http://127.0.0.1:9", build_request({}, {}), requests=1)

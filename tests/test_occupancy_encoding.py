@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import zlib
 
 import numpy as np
@@ -18,7 +19,9 @@ from occupancy.encoding import (
     encode_dense,
     encode_npy,
     encode_occupancy,
+    encode_occupancy_json,
     encode_sparse,
+    encode_sparse_json,
 )
 from occupancy.errors import InputError
 
@@ -65,6 +68,29 @@ def test_sparse_round_trip_full_grid():
 def test_sparse_empty_is_all_free():
     assert encode_sparse(np.full(SHAPE, FREE_CLASS, np.uint8)) == []
     assert (decode_sparse([]) == FREE_CLASS).all()
+
+
+def compact_json(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("grid", [
+    random_grid(4, occupied=0.3),
+    np.full(SHAPE, 0, np.uint8),  # every voxel listed, the single-digit class 0
+    np.full(SHAPE, FREE_CLASS, np.uint8),  # nothing listed
+    # x up to 1199: four digits
+    np.where(np.arange(1200 * 3 * 2).reshape(1200, 3, 2) % 7 == 0, 16, FREE_CLASS).astype(np.uint8),
+], ids=["random", "full", "empty", "4-digit"])
+def test_sparse_json_is_the_lists_json_byte_for_byte(grid):
+    assert encode_sparse_json(grid) == compact_json(encode_sparse(grid))
+
+
+@pytest.mark.parametrize("encoding", [DENSE_ENCODING, SPARSE_ENCODING])
+def test_occupancy_json_is_the_objects_json(encoding):
+    grid = random_grid(5)
+    data = encode_occupancy_json(grid, encoding)
+    assert data == compact_json(encode_occupancy(grid, encoding))
+    np.testing.assert_array_equal(decode_occupancy(json.loads(data)), grid)
 
 
 def test_npy_round_trip():

@@ -2,12 +2,16 @@
 
 All three accumulate one `occupancy.metrics.OccupancyMetric` (a confusion histogram over the voxels
 where `mask_camera` is set, mIoU over classes 0..16 with absent classes left out), the Occ3D
-protocol. Predictions are stored, and read, as `<pred dir>/<scene name>/<sample token>/pred.npz`
-with `semantics` (uint8 X x Y x Z), the layout of Occ3D's ground truth `gts/`.
+protocol, and, where the frames' poses are known (the data root's index), one
+`occupancy.ray_metrics.RayMetric` (SparseOcc's RayIoU at 1, 2 and 4 m). Predictions are stored, and
+read, as `<pred dir>/<scene name>/<sample token>/pred.npz` with `semantics` (uint8 X x Y x Z), the
+layout of Occ3D's ground truth `gts/`.
 """
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +21,62 @@ from torch.utils.data import DataLoader
 from occupancy import model_contract
 from occupancy.data_root import LABELS_FILE, read_labels
 from occupancy.errors import InputError
+from occupancy.geometry import pose_matrix
 from occupancy.metrics import OccupancyMetric
+from occupancy.ray_metrics import THRESHOLDS_M, FramePose, RayMetric, ray_origins
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
 
 PREDICTION_FILE = "pred.npz"
 Predictions = Iterator[tuple[SampleBatch, np.ndarray]]  # a batch and its B x X x Y x Z uint8 classes
+RayOrigins = Mapping[str, np.ndarray]  # sample token -> (T, 3) RayIoU ray origins in its ego frame
+
+
+@dataclass
+class Scores:
+    """mIoU and, where the samples' ray origins are known (from the poses of an index), RayIoU."""
+
+    occupancy: OccupancyMetric
+    rays: RayMetric | None
+    origins: RayOrigins | None = field(default=None, repr=False)
+
+    @classmethod
+    def new(cls, origins: RayOrigins | None) -> "Scores":
+        return cls(OccupancyMetric(), None if origins is None else RayMetric(), origins)
+
+    def update(self, token: str, pred: np.ndarray, gt: np.ndarray, mask_camera: np.ndarray) -> None:
+        self.occupancy.update(pred, gt, mask_camera)
+        if self.rays is not None and self.origins is not None:
+            if token not in self.origins:
+                raise InputError(f"sample {token}: not in the index whose poses give the RayIoU rays")
+            self.rays.update(pred, gt, self.origins[token])
+
+    def table(self) -> str:
+        """The mIoU table, then the RayIoU table (or why there is none)."""
+        if self.rays is None:
+            return self.occupancy.table() + "\nRayIoU: not computed (it needs the poses of a data root index)"
+        return self.occupancy.table() + "\n\n" + self.rays.table()
+
+
+def frame_pose(entry: Mapping) -> FramePose:
+    """An index entry's ego pose (None if the index has none) and its LiDAR's position in its ego frame
+    (the ego origin where the entry names no LiDAR)."""
+    pose, lidar = entry.get("ego2global"), entry.get("lidar")
+    return FramePose(
+        ego2global=None if pose is None else pose_matrix(pose["translation"], pose["rotation"]),
+        sensor_in_ego=np.asarray(lidar["sensor2ego"]["translation"] if lidar else (0.0, 0.0, 0.0), float),
+    )
+
+
+def scene_ray_origins(samples: Iterable[Mapping]) -> dict[str, np.ndarray]:
+    """RayIoU ray origins of every sample of a split's index (ordered by scene, then time, as
+    `occ prepare` writes it), from the LiDAR poses of the frames of its scene."""
+    origins = {}
+    for _, scene in groupby(samples, key=lambda entry: entry["scene_name"]):
+        entries = list(scene)
+        poses = [frame_pose(entry) for entry in entries]
+        for index, entry in enumerate(entries):
+            origins[entry["token"]] = ray_origins(poses, index)
+    return origins
 
 
 def eval_loader(data_root: Path, split: str, input_size: tuple[int, int], batch_size: int,
@@ -79,15 +134,18 @@ def predict_onnx(session, loader: DataLoader) -> Predictions:
         yield batch, semantics.astype(np.uint8)
 
 
-def accumulate(predictions: Predictions, save_dir: Path | None = None) -> OccupancyMetric:
-    """Score predictions against their batches' labels; optionally store them as pred.npz files."""
-    metric = OccupancyMetric()
+def accumulate(predictions: Predictions, save_dir: Path | None = None,
+               origins: RayOrigins | None = None) -> Scores:
+    """Score predictions against their batches' labels (RayIoU too, given the samples' ray origins);
+    optionally store them as pred.npz files."""
+    scores = Scores.new(origins)
     for batch, classes in predictions:
         for i, (scene, token) in enumerate(zip(batch.scene_names, batch.tokens, strict=True)):
-            metric.update(classes[i], batch.semantics[i].numpy(), batch.mask_camera[i].numpy())
+            gt, mask_camera = batch.semantics[i].numpy(), batch.mask_camera[i].numpy()
+            scores.update(token, classes[i], gt, mask_camera)
             if save_dir:
                 save_prediction(save_dir, scene, token, classes[i])
-    return metric
+    return scores
 
 
 def save_prediction(pred_dir: Path, scene: str, token: str, semantics: np.ndarray) -> Path:
@@ -118,24 +176,37 @@ def saved_pairs(gt_root: Path, pred_dir: Path) -> Iterable[tuple[Path, Path]]:
         yield labels, prediction
 
 
-def evaluate_saved(gt_root: Path, pred_dir: Path) -> OccupancyMetric:
-    """Score saved predictions against Occ3D ground truth `<gt_root>/<scene>/<token>/labels.npz`."""
-    metric = OccupancyMetric()
+def evaluate_saved(gt_root: Path, pred_dir: Path, origins: RayOrigins | None = None) -> Scores:
+    """Score saved predictions against Occ3D ground truth `<gt_root>/<scene>/<token>/labels.npz` (RayIoU
+    too, given the samples' ray origins)."""
+    scores = Scores.new(origins)
     for labels, prediction in saved_pairs(gt_root, pred_dir):
         truth = read_labels(labels)
         pred = read_prediction(prediction)
         if pred.shape != truth.semantics.shape:
             raise InputError(f"{prediction}: semantics of shape {pred.shape}, ground truth "
                              f"{truth.semantics.shape}")
-        metric.update(pred, truth.semantics, truth.mask_camera)
-    return metric
+        scores.update(prediction.parent.name, pred, truth.semantics, truth.mask_camera)
+    return scores
 
 
-def metric_json(metric: OccupancyMetric) -> dict:
-    """`{"mIoU": ..., "per_class": {name: IoU}}` in percent; classes absent from the data are null."""
-    def number(value: float) -> float | None:
-        return None if math.isnan(value) else round(value, 4)
+def metric_json(scores: Scores) -> dict:
+    """`{"mIoU": ..., "per_class": {name: IoU}, "frames": N}` in percent, and where computed `"RayIoU"`,
+    `"RayIoU@1"`, `"@2"`, `"@4"` (the reference's keys) and `"ray_per_class": {name: {"RayIoU@1": ...}}`;
+    classes absent from the data are null."""
+    metric = scores.occupancy
+    report = {"mIoU": _number(metric.miou()),
+              "per_class": {name: _number(value) for name, value in metric.per_class_iou().items()},
+              "frames": metric.frames}
+    if scores.rays is not None:
+        keys = [f"RayIoU@{threshold:g}" for threshold in THRESHOLDS_M]
+        report["RayIoU"] = _number(scores.rays.mean())
+        report.update(zip(keys, map(_number, scores.rays.at_thresholds()), strict=True))
+        report["ray_per_class"] = {name: dict(zip(keys, map(_number, values), strict=True))
+                                   for name, values in scores.rays.per_class().items()}
+        report["rays"] = scores.rays.rays
+    return report
 
-    return {"mIoU": number(metric.miou()),
-            "per_class": {name: number(value) for name, value in metric.per_class_iou().items()},
-            "frames": metric.frames}
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 4)

@@ -109,9 +109,9 @@ def refresh(options: RefreshOptions) -> RefreshResult:
     model, config = load_model(checkpoint, options.config)
     loader = evaluate.eval_loader(options.data_root, "val", config.input_size, 1, options.num_workers)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metric = evaluate.accumulate(evaluate.predict_torch(model, loader, device))
-    scores = evaluate.metric_json(metric)
-    log.info("val mIoU %s over %d frames\n%s", scores["mIoU"], metric.frames, metric.table())
+    evaluation = evaluate.accumulate(evaluate.predict_torch(model, loader, device))
+    scores = evaluate.metric_json(evaluation)
+    log.info("val mIoU %s over %d frames\n%s", scores["mIoU"], scores["frames"], evaluation.occupancy.table())
 
     old_miou = _number(served_card.get("mIoU"))
     go, why = verdict(scores["mIoU"], old_miou, options.threshold, options.force)

@@ -1,9 +1,10 @@
-"""`occ eval`: Occ3D mIoU of a checkpoint, an exported ONNX model, or saved predictions."""
+"""`occ eval`: Occ3D mIoU and RayIoU of a checkpoint, an exported ONNX model, or saved predictions."""
 
 import argparse
 from pathlib import Path
 
-HELP = "Evaluate occupancy (Occ3D per-class IoU and mIoU): a checkpoint, an ONNX model or saved predictions."
+HELP = ("Evaluate occupancy (Occ3D per-class IoU and mIoU, SparseOcc's RayIoU at 1, 2 and 4 m): "
+        "a checkpoint, an ONNX model or saved predictions.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,13 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--onnx", type=Path, help="an exported ONNX model (run with ONNX Runtime)")
     source.add_argument("--pred-dir", type=Path, help="saved predictions <scene>/<token>/pred.npz")
     parser.add_argument("--config", help="model config name (needed for reference checkpoints)")
-    parser.add_argument("--data-root", type=Path, help="data root with occ_index_<split>.json")
-    parser.add_argument("--gt-root", type=Path, help="with --pred-dir: <scene>/<token>/labels.npz")
+    parser.add_argument("--data-root", type=Path,
+                        help="data root with occ_index_<split>.json (its poses give the RayIoU rays)")
+    parser.add_argument("--gt-root", type=Path, help="with --pred-dir: <scene>/<token>/labels.npz "
+                        "(default: the data root's gts/; without --data-root no RayIoU)")
     parser.add_argument("--split", default="val", choices=("train", "val"), help="default: %(default)s")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--save-preds", type=Path, help="store predictions as <dir>/<scene>/<token>/pred.npz")
-    parser.add_argument("--json", type=Path, help='write {"mIoU": ..., "per_class": {...}} (percent) here')
+    parser.add_argument("--json", type=Path, help='write {"mIoU": ..., "per_class": {...}, "RayIoU": ..., '
+                        '"RayIoU@1": ..., "ray_per_class": {...}} (percent) here')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,15 +30,17 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from occupancy.data_root import load_index
     from occupancy.errors import InputError
     from training import evaluate
     from training.models.checkpoint import load_model
 
+    origins = evaluate.scene_ray_origins(load_index(args.data_root, args.split)) if args.data_root else None
     if args.pred_dir:
         gt_root = args.gt_root or (args.data_root / "gts" if args.data_root else None)
         if gt_root is None:
             raise InputError("--pred-dir needs --gt-root (or --data-root, whose gts/ is used)")
-        metric = evaluate.evaluate_saved(gt_root, args.pred_dir)
+        scores = evaluate.evaluate_saved(gt_root, args.pred_dir, origins)
     else:
         if args.data_root is None:
             raise InputError("--data-root: required with --checkpoint or --onnx")
@@ -50,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
             model, config = load_model(args.checkpoint, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
             predictions = evaluate.predict_torch(model, loader(config.input_size), device)
-        metric = evaluate.accumulate(predictions, args.save_preds)
-    print(metric.table())
+        scores = evaluate.accumulate(predictions, args.save_preds, origins)
+    print(scores.table())
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(evaluate.metric_json(metric), indent=2) + "\n")
+        args.json.write_text(json.dumps(evaluate.metric_json(scores), indent=2) + "\n")
     return 0

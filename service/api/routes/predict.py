@@ -11,7 +11,13 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from starlette.concurrency import run_in_threadpool
 
 from occupancy.cameras import CAMERA_NAMES
-from occupancy.encoding import DENSE_ENCODING, NPY_MEDIA_TYPE, SPARSE_ENCODING, encode_npy, encode_occupancy
+from occupancy.encoding import (
+    DENSE_ENCODING,
+    NPY_MEDIA_TYPE,
+    SPARSE_ENCODING,
+    encode_npy,
+    encode_occupancy_json,
+)
 from occupancy.errors import InputError
 from service.api.deps import StateDep
 from service.api.schemas import Detail, ModelRef, PredictResponse, Timing, grid_info
@@ -144,7 +150,7 @@ async def _predict(
 
 def _occupancy_json(grid: np.ndarray, encoding: str) -> bytes:
     """The `occupancy` object serialised: the encode stage times all of it (a sparse list is mostly JSON)."""
-    return json.dumps(encode_occupancy(grid, encoding), separators=(",", ":")).encode()
+    return encode_occupancy_json(grid, encoding)
 
 
 def _splice(head: dict[str, Any], key: str, raw_json: bytes) -> bytes:
