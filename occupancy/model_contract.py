@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from occupancy.errors import InputError
+from occupancy.preprocess import CHANNEL_ORDER
 
 # Inputs.
-IMAGES = "images"  # uint8 [B, N, 3, H, W], RGB, not normalised (the graph normalises)
+IMAGES = "images"  # uint8 [B, N, 3, H, W], channels B, G, R (preprocess.CHANNEL_ORDER), not normalised
 INTRINSICS = "intrinsics"  # float32 [B, N, 3, 3], pixels of the source image
 SENSOR2EGO = "sensor2ego"  # float32 [B, N, 4, 4], camera -> ego (nuScenes calibrated_sensor)
 POST_ROTS = "post_rots"  # float32 [B, N, 3, 3], source pixels -> model input pixels (resize/crop)
@@ -29,6 +30,10 @@ META_INPUT_SIZE = "occ.input_size"  # [H, W]
 META_GRID = "occ.grid"  # {"shape": [...], "range_m": [...], "voxel_size_m": [...]}
 META_CLASSES = "occ.classes"  # class names in label order
 META_TEMPORAL = "occ.temporal"  # true for models that carry state between frames
+# The channel order the `images` input takes, "bgr". Models exported before the order was the
+# reference's (they took R, G, B and normalised it with the statistics meant for B, G, R) have no such
+# key: they are refused, never fed the wrong order.
+META_CHANNEL_ORDER = "occ.channel_order"
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class ModelMetadata:
                         "voxel_size_m": list(self.voxel_size_m)},
             META_CLASSES: list(self.classes),
             META_TEMPORAL: self.temporal,
+            META_CHANNEL_ORDER: CHANNEL_ORDER,
         }
         return {key: json.dumps(value) for key, value in values.items()}
 
@@ -78,6 +84,11 @@ class ModelMetadata:
                 raise ValueError("the class table has no 'free' class")
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"{source}: unusable occ.* metadata ({error!r}); re-export the model") from error
+        if props.get(META_CHANNEL_ORDER) != json.dumps(CHANNEL_ORDER):
+            raise InputError(f"{source}: exported for images in R, G, B order, before the models took the "
+                             f"reference's {CHANNEL_ORDER.upper()} (no {META_CHANNEL_ORDER} = "
+                             f"{json.dumps(CHANNEL_ORDER)}); re-export it with `occ export`, from a "
+                             "checkpoint trained on B, G, R (every reference checkpoint is)")
         return metadata
 
     @property

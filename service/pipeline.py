@@ -15,11 +15,12 @@ from occupancy.calibration import FrameCalibration
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
 from occupancy.preprocess import (
+    FAST,
     ImageTransform,
-    apply_transform,
-    bgr_to_rgb,
-    decode_image,
-    decode_scale,
+    Resampling,
+    SourceImage,
+    decode_source,
+    model_input,
     test_time_transform,
 )
 from service.images import ImageHeader, read_header
@@ -47,22 +48,22 @@ def check_headers(frame: Frame, max_pixels: int) -> dict[str, ImageHeader]:
 
 
 def prepare_inputs(
-    frame: Frame, headers: Mapping[str, ImageHeader], input_size: tuple[int, int]
+    frame: Frame, headers: Mapping[str, ImageHeader], input_size: tuple[int, int],
+    resampling: Resampling = FAST,
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Model inputs (batch of one, `occupancy.model_contract` names) and the decode/preprocess times in ms.
 
-    Each camera keeps its own source size; a JPEG much larger than the input is decoded at 1/2, 1/4 or
-    1/8 scale, and the transform (post_rot/post_tran) stays relative to the source pixels.
+    Each camera keeps its own source size; with the fast resampling a JPEG much larger than the input is
+    decoded at 1/2, 1/4 or 1/8 scale, and the transform (post_rot/post_tran) stays relative to the
+    source pixels. Images keep OpenCV's B, G, R: the networks' channel order.
     """
     started = time.perf_counter()
     transforms = {name: test_time_transform((h.height, h.width), input_size) for name, h in headers.items()}
-    scales = {name: decode_scale(transforms[name]) if headers[name].kind == "jpeg" else 1.0
-              for name in CAMERA_NAMES}
-    decoded = {name: _decode(frame.images[name], scales[name], name) for name in CAMERA_NAMES}
+    decoded = {name: _decode(frame.images[name], headers[name].kind, transforms[name], resampling, name)
+               for name in CAMERA_NAMES}
     decoded_at = time.perf_counter()
-    images = np.stack([
-        _warp(decoded[name], transforms[name], scales[name], name).transpose(2, 0, 1) for name in CAMERA_NAMES
-    ])
+    images = np.stack([_warp(decoded[name], transforms[name], name).transpose(2, 0, 1)
+                       for name in CAMERA_NAMES])
     inputs = {
         contract.IMAGES: images[None],
         contract.INTRINSICS: frame.calibration.intrinsics_array()[None],
@@ -74,16 +75,17 @@ def prepare_inputs(
     return inputs, {"decode": 1000 * (decoded_at - started), "preprocess": 1000 * (finished - decoded_at)}
 
 
-def _decode(data: bytes, scale: float, name: str) -> np.ndarray:
+def _decode(data: bytes, kind: str, transform: ImageTransform, resampling: Resampling, name: str,
+            ) -> SourceImage:
     try:
-        return decode_image(data, scale, field=name)
+        return decode_source(data, kind, transform, resampling, field=name)
     except InputError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from error
 
 
-def _warp(image: np.ndarray, transform: ImageTransform, scale: float, name: str) -> np.ndarray:
-    """RGB (H, W, 3) model-input image of one camera."""
+def _warp(source: SourceImage, transform: ImageTransform, name: str) -> np.ndarray:
+    """The (H, W, 3) B, G, R model-input image of one camera."""
     try:
-        return bgr_to_rgb(apply_transform(image, transform, scale))
+        return model_input(source, transform, field=name)
     except InputError as error:  # decoded size disagrees with the header: a corrupt file
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{name}: {error}") from error
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from error

@@ -18,7 +18,7 @@ from occupancy.classes import CLASS_NAMES
 from occupancy.geometry import matrix_to_quaternion
 from occupancy.grid import OCC3D_GRID
 from occupancy.model_repository import Runtime
-from occupancy.preprocess import apply_transform, bgr_to_rgb, decode_image, decode_scale, test_time_transform
+from occupancy.preprocess import apply_transform, decode_image, decode_scale, test_time_transform
 from training.publish import Artifact, publish
 
 # Roughly one voxel in 30 is occupied: sparse answers stay small.
@@ -28,9 +28,10 @@ _PATTERN_PERIOD = 17 * 32
 def build_test_model(input_size: tuple[int, int], temporal: bool = False, config: str = "test-fake") -> bytes:
     """A contract-conforming ONNX model whose grid is a deterministic function of every input.
 
-    t = sum over cameras c of (c + 1) * (mean(image_c) + 1e-3 * sum(K_c) + sum(sensor2ego_c)
+    t = sum over cameras c of (c + 1) * (10 * mean(image_c * pattern) + 1e-3 * sum(K_c) + sum(sensor2ego_c)
     + 10 * sum(post_rot_c) + sum(post_tran_c)); semantics[x, y, z] = min(|floor(t) + x + 3y + 7z|
-    mod 544, 17) as uint8. Any change of a pixel mean or a matrix moves the whole grid.
+    mod 544, 17) as uint8. `pattern` (3 x H x W, see `pixel_pattern`) weighs every channel, row and
+    column differently, so swapped channels, a shifted crop or a changed matrix move the whole grid.
     """
     height, width = input_size
     x_size, y_size, z_size = OCC3D_GRID.shape
@@ -54,13 +55,16 @@ def build_test_model(input_size: tuple[int, int], temporal: bool = False, config
         const("k_scale", 1e-3), const("r_scale", 10.0), const("period", float(_PATTERN_PERIOD)),
         const("free", float(CLASS_NAMES.index("free"))),
         const("weights", np.arange(1, 7)), const("shape4", [-1, 1, 1, 1], np.int64),
+        const("pattern", pixel_pattern(input_size)), const("pattern_scale", 10.0),
         const("px", np.arange(x_size).reshape(x_size, 1, 1)),
         const("py", 3 * np.arange(y_size).reshape(1, y_size, 1)),
         const("pz", 7 * np.arange(z_size).reshape(1, 1, z_size)),
     ]
     nodes = [
         helper.make_node("Cast", [contract.IMAGES], ["img"], to=f32),
-        helper.make_node("ReduceMean", ["img"], ["mean"], axes=[2, 3, 4], keepdims=0),
+        helper.make_node("Mul", ["img", "pattern"], ["weighted_pixels"]),
+        helper.make_node("ReduceMean", ["weighted_pixels"], ["pattern_mean"], axes=[2, 3, 4], keepdims=0),
+        helper.make_node("Mul", ["pattern_mean", "pattern_scale"], ["mean"]),
         helper.make_node("ReduceSum", [contract.INTRINSICS, "axes23"], ["k_sum"], keepdims=0),
         helper.make_node("ReduceSum", [contract.SENSOR2EGO, "axes23"], ["e_sum"], keepdims=0),
         helper.make_node("ReduceSum", [contract.POST_ROTS, "axes23"], ["r_sum"], keepdims=0),
@@ -83,6 +87,13 @@ def build_test_model(input_size: tuple[int, int], temporal: bool = False, config
     helper.set_model_props(model, test_metadata(input_size, temporal, config).to_props())
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def pixel_pattern(input_size: tuple[int, int]) -> np.ndarray:
+    """3 x H x W weights in [-1, 1] that differ by channel, row and column (`build_test_model`)."""
+    channel, row, column = np.meshgrid(np.arange(3), np.arange(input_size[0]), np.arange(input_size[1]),
+                                       indexing="ij")
+    return np.cos(0.37 * row + 0.23 * column + 2.1 * channel).astype(np.float32)
 
 
 def test_metadata(input_size: tuple[int, int], temporal: bool = False, config: str = "test-fake",
@@ -169,7 +180,7 @@ def reference_inputs(
         source_size = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape[:2]
         transform = test_time_transform(source_size, input_size)
         scale = decode_scale(transform) if data[:2] == b"\xff\xd8" else 1.0
-        image = bgr_to_rgb(apply_transform(decode_image(data, scale), transform, scale))
+        image = apply_transform(decode_image(data, scale), transform, scale)  # B, G, R as decoded
         pixels.append(image.transpose(2, 0, 1))
         post_rots.append(transform.post_rot)
         post_trans.append(transform.post_tran)

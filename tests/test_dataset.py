@@ -16,8 +16,7 @@ from occupancy.classes import FREE_CLASS
 from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix
 from occupancy.grid import OCC3D_GRID
-from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, decode_scale, test_time_transform
-from training.data import dataset as dataset_module
+from occupancy.preprocess import NORMALIZE_MEAN, NORMALIZE_STD, decode_scale, test_time_transform
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
 
@@ -102,13 +101,21 @@ def test_small_inputs_decode_reduced_and_keep_the_geometry(root, monkeypatch):
     small = (24, 80)  # a quarter of the source width: the images decode at 1/4, as the gateway does
     reference = test_time_transform(SOURCE_SIZE, small)
     scales = []
+    decode_image = preprocess.decode_image
 
     def recording_decode(data, decoded_scale=1.0, field="image"):
         scales.append(decoded_scale)
-        return preprocess.decode_image(data, decoded_scale, field)
+        return decode_image(data, decoded_scale, field)
 
-    monkeypatch.setattr(dataset_module, "decode_image", recording_decode)
+    monkeypatch.setattr(preprocess, "decode_image", recording_decode)
     dataset = OccupancyDataset(root, "train", small)
+    dataset[0]
+    assert scales == [1.0] * len(CAMERA_NAMES)  # PNGs decode whole, in the gateway too
+    # JPEG bytes (the kind is read from the bytes, not the file name) decode at 1/4.
+    for name in CAMERA_NAMES:
+        path = root / dataset.samples[0]["cameras"][name]["image_path"]
+        path.write_bytes(cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 100])[1])
+    scales.clear()
     sample = dataset[0]
     assert scales == [decode_scale(reference)] * len(CAMERA_NAMES) == [0.25] * len(CAMERA_NAMES)
     front = CAMERA_NAMES.index("CAM_FRONT")
@@ -144,7 +151,7 @@ def test_bev_flip_moves_labels_and_geometry_together(root):
     assert seen == {(False, False), (False, True), (True, False), (True, True)}
 
 
-def test_images_are_rgb_uint8_and_normalised_on_collation(root):
+def test_images_are_bgr_uint8_and_normalised_on_collation(root):
     entry = json.loads((root / "occ_index_train.json").read_text())["samples"][0]
     blue_bgr = np.zeros((*SOURCE_SIZE, 3), np.uint8)
     blue_bgr[..., 0] = 200  # OpenCV order: blue first
@@ -153,11 +160,12 @@ def test_images_are_rgb_uint8_and_normalised_on_collation(root):
     batch = collate([dataset[0], dataset[0]])
     back = CAMERA_NAMES.index("CAM_BACK")
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 6, 3, *INPUT_SIZE)
-    assert batch.images[0, back, 2].float().mean() == pytest.approx(200, abs=1)  # RGB: blue last
-    assert batch.images[0, back, 0].max() == 0
+    assert batch.images[0, back, 0].float().mean() == pytest.approx(200, abs=1)  # B, G, R: blue first
+    assert batch.images[0, back, 2].max() == 0
     camera_batch = batch.camera_batch()
-    expected_blue = (200 - IMAGENET_MEAN_RGB[2]) / IMAGENET_STD_RGB[2]
-    assert camera_batch.images[0, back, 2, 10, 10].item() == pytest.approx(expected_blue, abs=1e-5)
+    # The reference's normalisation of the blue channel (channel 0): its mean and std come first.
+    expected_blue = (200 - NORMALIZE_MEAN[0]) / NORMALIZE_STD[0]
+    assert camera_batch.images[0, back, 0, 10, 10].item() == pytest.approx(expected_blue, abs=1e-5)
     targets = batch.targets()
     assert targets.semantics.dtype == torch.int64 and targets.semantics.shape == (2, 200, 200, 16)
     assert targets.mask_camera.dtype == torch.bool

@@ -30,7 +30,7 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES, FREE_CLASS
 from occupancy.encoding import decode_dense, decode_npy, decode_sparse
 from occupancy.grid import OCC3D_GRID
-from occupancy.preprocess import apply_transform, bgr_to_rgb, test_time_transform
+from occupancy.preprocess import apply_transform, test_time_transform
 from service.backends.embedded import EmbeddedBackend
 from service.core.config import Settings
 from service.images import read_header
@@ -449,7 +449,7 @@ def test_reduced_decoding_keeps_the_geometry(settings):
     transform = test_time_transform((900, 1600), (256, 704))
     for index, name in enumerate(CAMERA_NAMES):
         full = cv2.imdecode(np.frombuffer(images[name], np.uint8), cv2.IMREAD_COLOR)
-        reference = bgr_to_rgb(apply_transform(full, transform)).transpose(2, 0, 1).astype(np.float64)
+        reference = apply_transform(full, transform).transpose(2, 0, 1).astype(np.float64)
         difference = np.abs(inputs["images"][0, index] - reference)
         assert difference.mean() < 1.5, (name, difference.mean())
 

@@ -14,7 +14,7 @@ from torch import Tensor
 class CameraBatch:
     """What a single-frame model sees: normalised images and the camera geometry."""
 
-    images: Tensor  # B x N x 3 x H x W, float, RGB normalised with the ImageNet mean and std
+    images: Tensor  # B x N x 3 x H x W, float: B, G, R normalised as the reference (dataset.normalize_images)
     intrinsics: Tensor  # B x N x 3 x 3, pixels of the source image
     sensor2ego: Tensor  # B x N x 4 x 4, camera -> ego
     post_rots: Tensor  # B x N x 3 x 3, source pixels -> input pixels (resize, crop, rotate, flip)

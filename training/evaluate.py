@@ -23,6 +23,7 @@ from occupancy.data_root import LABELS_FILE, read_labels
 from occupancy.errors import InputError
 from occupancy.geometry import pose_matrix
 from occupancy.metrics import OccupancyMetric
+from occupancy.preprocess import FAST, Resampling
 from occupancy.ray_metrics import THRESHOLDS_M, FramePose, RayMetric, ray_origins
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
 
@@ -80,9 +81,9 @@ def scene_ray_origins(samples: Iterable[Mapping]) -> dict[str, np.ndarray]:
 
 
 def eval_loader(data_root: Path, split: str, input_size: tuple[int, int], batch_size: int,
-                num_workers: int) -> DataLoader:
+                num_workers: int, resampling: Resampling = FAST) -> DataLoader:
     """The split's frames with the test-time transform, in index order."""
-    dataset = OccupancyDataset(data_root, split, input_size)
+    dataset = OccupancyDataset(data_root, split, input_size, resampling=resampling)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate)
 
@@ -116,19 +117,14 @@ def onnx_session(path: Path):
 
 
 def onnx_input_size(session) -> tuple[int, int]:
-    """The model's (H, W): from its occ.* metadata, else the images input's static shape."""
+    """The model's (H, W) from its occ.* metadata; InputError for a model without it, or one exported for
+    another channel order (fed B, G, R it would be silently wrong)."""
     props = session.get_modelmeta().custom_metadata_map
-    if model_contract.META_INPUT_SIZE in props:
-        return model_contract.ModelMetadata.from_props(props, "--onnx").input_size
-    images = next(node for node in session.get_inputs() if node.name == model_contract.IMAGES)
-    height, width = images.shape[-2:]
-    if not (isinstance(height, int) and isinstance(width, int)):
-        raise InputError("the ONNX model has no occ.input_size metadata and a dynamic image size")
-    return height, width
+    return model_contract.ModelMetadata.from_props(props, "--onnx").input_size
 
 
 def predict_onnx(session, loader: DataLoader) -> Predictions:
-    """Classes from the exported graph, fed the contract's inputs (uint8 RGB images, float32 geometry)."""
+    """Classes from the exported graph, fed the contract's inputs (uint8 B, G, R images, float32 geometry)."""
     for batch in loader:
         (semantics,) = session.run([model_contract.SEMANTICS], batch.contract_inputs())
         yield batch, semantics.astype(np.uint8)

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from occupancy.preprocess import FAST, Resampling
+
 # The Triton-layout model repository committed next to the code: <name>/config.pbtxt, <name>/<version>/.
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
@@ -32,6 +34,9 @@ class Settings(BaseSettings):
     # Checked from the JPEG/PNG header before decoding, so a decompression bomb is never decoded.
     max_pixels: int = Field(4096 * 4096, gt=0, description="width x height of any one image")
     request_timeout_s: float = Field(30.0, gt=0, description="queue wait + decode + inference + encode")
+    # fast: reduced JPEG decoding and OpenCV resampling; reference: a full decode and PIL's bicubic resize,
+    # as the reference pipelines (docs/preprocessing.md has the difference and the cost).
+    resampling: Resampling = Field(FAST, description="how images become model inputs: fast or reference")
 
     ort_intra_op_threads: int = Field(0, ge=0, description="0: ONNX Runtime's default (all cores)")
     ort_inter_op_threads: int = Field(1, ge=0)

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from occupancy.preprocess import FAST, RESAMPLINGS
+
 HELP = ("Evaluate occupancy (Occ3D per-class IoU and mIoU, SparseOcc's RayIoU at 1, 2 and 4 m): "
         "a checkpoint, an ONNX model or saved predictions.")
 
@@ -18,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt-root", type=Path, help="with --pred-dir: <scene>/<token>/labels.npz "
                         "(default: the data root's gts/; without --data-root no RayIoU)")
     parser.add_argument("--split", default="val", choices=("train", "val"), help="default: %(default)s")
+    parser.add_argument("--resampling", choices=RESAMPLINGS, default=FAST,
+                        help="fast: the gateway's default (reduced JPEG decoding, OpenCV); reference: a "
+                             "full decode and PIL's bicubic resize, as the reference pipelines "
+                             "(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--save-preds", type=Path, help="store predictions as <dir>/<scene>/<token>/pred.npz")
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
         def loader(input_size: tuple[int, int]):
             return evaluate.eval_loader(args.data_root, args.split, input_size, args.batch_size,
-                                        args.num_workers)
+                                        args.num_workers, args.resampling)
 
         if args.onnx:
             session = evaluate.onnx_session(args.onnx)

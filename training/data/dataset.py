@@ -1,11 +1,11 @@
 """The Occ3D training and evaluation dataset over the index JSON that `occ prepare` writes.
 
-One sample is one frame: six camera images (OpenCV decodes BGR; converted to RGB), their
-intrinsics and sensor2ego from the index, the image transform (BEVDet's augmentation in training,
-the deterministic test-time transform otherwise) as post_rot/post_tran, the BEV flip as `bda`,
-and the `labels.npz` ground truth flipped with it. Images stay uint8 until `SampleBatch.camera_batch`
-normalises them (on the training device: four times less to move), so the same samples feed the
-PyTorch model and the exported ONNX model, whose contract takes uint8 RGB.
+One sample is one frame: six camera images (B, G, R, the reference's channel order, see
+occupancy.preprocess), their intrinsics and sensor2ego from the index, the image transform (BEVDet's
+augmentation in training, the deterministic test-time transform otherwise) as post_rot/post_tran, the
+BEV flip as `bda`, and the `labels.npz` ground truth flipped with it. Images stay uint8 until
+`SampleBatch.camera_batch` normalises them (on the training device: four times less to move), so the
+same samples feed the PyTorch model and the exported ONNX model, whose contract takes uint8 B, G, R.
 
 Augmentation randomness comes from a generator seeded by (seed, epoch, sample index), never from
 global state, so a sample is the same whichever worker loads it and a resumed run sees the same data.
@@ -24,17 +24,16 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.data_root import CameraEntry, LidarEntry, SampleEntry, index_path, load_index, read_labels
 from occupancy.errors import InputError
 from occupancy.geometry import camera_to_pixels, invert_rigid, pose_matrix, transform_points
-from occupancy.image_header import image_size
+from occupancy.image_header import image_kind, image_size
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
 from occupancy.preprocess import (
-    IMAGENET_MEAN_RGB,
-    IMAGENET_STD_RGB,
+    FAST,
+    NORMALIZE_MEAN,
+    NORMALIZE_STD,
     ImageTransform,
+    Resampling,
     Size,
-    apply_transform,
-    bgr_to_rgb,
-    decode_image,
-    decode_scale,
+    model_input_image,
 )
 from training.batch import CameraBatch, OccupancyTargets
 from training.data.augment import (
@@ -52,7 +51,7 @@ class Sample:
 
     token: str
     scene_name: str
-    images: Tensor  # N x 3 x H x W uint8 RGB, not normalised
+    images: Tensor  # N x 3 x H x W uint8 B, G, R, not normalised
     intrinsics: Tensor  # N x 3 x 3 float32, source-image pixels
     sensor2ego: Tensor  # N x 4 x 4 float32, camera -> ego
     post_rots: Tensor  # N x 3 x 3 float32, source pixels -> input pixels
@@ -97,7 +96,7 @@ class SampleBatch:
                                 self.mask_camera.to(device, non_blocking=True), gt_depth)
 
     def contract_inputs(self) -> dict[str, np.ndarray]:
-        """The exported model's inputs (occupancy.model_contract): uint8 RGB images and float32 geometry."""
+        """The exported model's inputs (occupancy.model_contract): uint8 B, G, R images, float32 geometry."""
         return {
             IMAGES: self.images.numpy(),
             INTRINSICS: self.intrinsics.numpy(),
@@ -126,10 +125,11 @@ def collate(samples: list[Sample]) -> SampleBatch:
 
 
 def normalize_images(images: Tensor) -> Tensor:
-    """uint8 RGB ... x 3 x H x W -> float32 normalised with the ImageNet mean and std (the reference's)."""
-    mean = images.new_tensor(IMAGENET_MEAN_RGB, dtype=torch.float32).view(3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD_RGB, dtype=torch.float32).view(3, 1, 1)
-    return (images.float() - mean) / std
+    """uint8 B, G, R ... x 3 x H x W -> the float32 network input, as mmcv's imnormalize computes it:
+    (x - mean) * (1 / std), 1 / std taken in float64; the exported graph runs this same function."""
+    mean = torch.tensor(NORMALIZE_MEAN, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    inverse_std = (1.0 / torch.tensor(NORMALIZE_STD, dtype=torch.float64)).float().to(images.device)
+    return (images.float() - mean) * inverse_std.view(3, 1, 1)
 
 
 class OccupancyDataset(Dataset):
@@ -144,16 +144,20 @@ class OccupancyDataset(Dataset):
         depth: also load sparse per-camera depth as `Sample.gt_depth`: the entry's `labels_2d` where
             it has them (synthetic roots), else its LiDAR sweep projected into each camera (real
             nuScenes roots, as BEVDet supervises depth); entries with neither get none.
+        resampling: how images become model inputs (occupancy.preprocess: the gateway's fast path by
+            default, or the reference's PIL resize).
     """
 
     def __init__(self, data_root: str | Path, split: str, input_size: tuple[int, int],
-                 augment: AugmentConfig | None = None, seed: int = 0, depth: bool = False) -> None:
+                 augment: AugmentConfig | None = None, seed: int = 0, depth: bool = False,
+                 resampling: Resampling = FAST) -> None:
         self.data_root = Path(data_root)
         self.split = split
         self.input_size = tuple(input_size)
         self.augment = augment
         self.seed = seed
         self.depth = depth
+        self.resampling = resampling
         self.epoch = 0
         self.samples = load_index(self.data_root, split)
         self._check_files()
@@ -176,10 +180,9 @@ class OccupancyDataset(Dataset):
                 transform = sample_image_transform(rng, source_size, self.input_size, self.augment)
             else:
                 transform = eval_image_transform(source_size, self.input_size, AugmentConfig())
-            # Decode only as many pixels as the transform keeps (JPEG reduced decoding), as the gateway does.
-            scale = decode_scale(transform)
-            image = bgr_to_rgb(decode_image(data, scale, field=str(path)))
-            images.append(apply_transform(image, transform, scale).transpose(2, 0, 1))
+            # As the gateway does (fast: a JPEG decoded only to the pixels the transform keeps).
+            image = model_input_image(data, image_kind(data), transform, self.resampling, field=str(path))
+            images.append(image.transpose(2, 0, 1))
             post_rots.append(transform.post_rot)
             post_trans.append(transform.post_tran)
             transforms.append(transform)

@@ -1,8 +1,9 @@
 """The exported model: OccupancyModel behind the model contract, its ONNX export and its parity check.
 
-The graph (occupancy.model_contract) takes uint8 RGB images and the calibration tensors, normalises
-the images, runs the camera geometry and the BEV pooling and returns the argmax class per voxel as
-uint8, so 640 KB per frame leave the model instead of 46 MB of logits. The pooling's formulation
+The graph (occupancy.model_contract) takes uint8 B, G, R images (the reference's channel order) and the
+calibration tensors, normalises the images as the reference does, runs the camera geometry and the BEV
+pooling and returns the argmax class per voxel as uint8, so 640 KB per frame leave the model instead
+of 46 MB of logits. The pooling's formulation
 depends on the runtime the graph is for (training/models/bev_pool.py `export_target`): ONNX Runtime
 gets a sort + prefix-sum form, TensorRT one ScatterElements(reduction=add); both are exact on the
 duplicate indices of real frustums. The batch axis is dynamic; the BEV augmentation is the
@@ -24,8 +25,8 @@ from occupancy import model_contract as contract
 from occupancy.classes import CLASS_NAMES
 from occupancy.model_contract import ModelMetadata
 from occupancy.model_repository import Runtime
-from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from training.batch import CameraBatch
+from training.data.dataset import normalize_images
 from training.export.rig import nuscenes_like_batch
 from training.models.bev_pool import export_target
 from training.models.configs import ModelConfig
@@ -44,20 +45,19 @@ MAX_BEV_CELLS_DIFFERING = 1e-3  # fraction of BEV cells, for points on cell boun
 class ExportModel(nn.Module):
     """OccupancyModel with the contract's inputs and output.
 
-    Inputs: images uint8 B x 6 x 3 x H x W RGB; intrinsics B x 6 x 3 x 3; sensor2ego B x 6 x 4 x 4;
-    post_rots B x 6 x 3 x 3; post_trans B x 6 x 3 (float32). Output: semantics uint8 B x X x Y x Z.
+    Inputs: images uint8 B x 6 x 3 x H x W, channels B, G, R; intrinsics B x 6 x 3 x 3; sensor2ego
+    B x 6 x 4 x 4; post_rots B x 6 x 3 x 3; post_trans B x 6 x 3 (float32). Output: semantics uint8
+    B x X x Y x Z.
     """
 
     def __init__(self, model: OccupancyModel) -> None:
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN_RGB).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD_RGB).view(1, 1, 3, 1, 1), persistent=False)
 
     def logits(self, images: Tensor, intrinsics: Tensor, sensor2ego: Tensor, post_rots: Tensor,
                post_trans: Tensor) -> Tensor:
         """B x X x Y x Z x classes, what `forward` takes the argmax of."""
-        normalised = (images.float() - self.mean) / self.std
+        normalised = normalize_images(images)
         bda = torch.eye(3, dtype=intrinsics.dtype, device=intrinsics.device).expand(images.shape[0], 3, 3)
         return self.model(CameraBatch(normalised, intrinsics, sensor2ego, post_rots, post_trans, bda))
 

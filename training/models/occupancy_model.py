@@ -44,7 +44,7 @@ class OccupancyModel(nn.Module):
         self.upsample_bev = upsample_bev
 
     def encode_images(self, images: Tensor) -> Tensor:
-        """B x N x 3 x H x W normalised RGB -> B x N x C x H/16 x W/16 features."""
+        """B x N x 3 x H x W normalised images (B, G, R) -> B x N x C x H/16 x W/16 features."""
         b, n = images.shape[:2]
         feats = self.img_neck(self.img_backbone(images.flatten(0, 1)))[0]
         return feats.view(b, n, *feats.shape[1:])

@@ -112,7 +112,8 @@ async def _predict(
     headers = check_headers(frame, settings.max_pixels)
     try:
         async with asyncio.timeout(settings.request_timeout_s), state.admission.slot():
-            inputs, timings = await run_in_threadpool(prepare_inputs, frame, headers, served.input_size)
+            inputs, timings = await run_in_threadpool(prepare_inputs, frame, headers, served.input_size,
+                                                      settings.resampling)
             inference_started = time.perf_counter()
             answer = await state.backend.infer(served.name, inputs)
             grid, served = answer.semantics[0], answer.model  # the version that answered
