@@ -66,6 +66,19 @@ def invert_rigid(transform: np.ndarray) -> np.ndarray:
     return inverse
 
 
+def sensor_to_key_ego(sensor2ego: np.ndarray, ego2global: np.ndarray, key_ego2global: np.ndarray,
+                      ) -> np.ndarray:
+    """Camera -> key ego frame, ... x 4 x 4 float64: inv(key_ego2global) @ ego2global @ sensor2ego.
+
+    nuScenes cameras expose tens of milliseconds apart and each image has its own ego pose; the
+    reference (BEVDet's `prepare_inputs`, in double precision) carries every camera into one ego frame,
+    the ego pose of the first camera (CAM_FRONT_LEFT), through the global frame.
+    """
+    as_float64 = [np.asarray(m, dtype=np.float64) for m in (sensor2ego, ego2global, key_ego2global)]
+    sensor2ego, ego2global, key_ego2global = as_float64
+    return np.linalg.inv(key_ego2global) @ ego2global @ sensor2ego
+
+
 def camera_to_pixels(points_cam: np.ndarray, intrinsic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pinhole projection of camera-frame points (..., 3) (x right, y down, z forward, metres).
 

@@ -184,3 +184,25 @@ def test_missing_files_are_named(root):
         OccupancyDataset(root, "train", INPUT_SIZE)
     with pytest.raises(InputError, match="occ prepare"):
         OccupancyDataset(root / "elsewhere", "val", INPUT_SIZE)
+
+
+def test_each_camera_is_carried_into_the_key_cameras_ego_frame(root):
+    """Cameras with their own ego poses (the car moved between exposures) reach the model in
+    CAM_FRONT_LEFT's ego frame, as the reference composes them; without poses nothing changes."""
+    index_file = root / "occ_index_train.json"
+    index = json.loads(index_file.read_text())
+    entry = index["samples"][0]
+    plain = OccupancyDataset(root, "train", INPUT_SIZE)[0].sensor2ego.numpy()
+    key_pose = {"translation": [100.0, 50.0, 0.0], "rotation": [1.0, 0.0, 0.0, 0.0]}
+    later = {"translation": [100.4, 50.1, 0.0], "rotation": [np.cos(0.01), 0.0, 0.0, np.sin(0.01)]}
+    for name in CAMERA_NAMES:
+        entry["cameras"][name]["ego2global"] = later if name == "CAM_BACK" else key_pose
+    index_file.write_text(json.dumps(index))
+    moved = OccupancyDataset(root, "train", INPUT_SIZE)[0].sensor2ego.numpy()
+    back = CAMERA_NAMES.index("CAM_BACK")
+    camera = entry["cameras"]["CAM_BACK"]["sensor2ego"]
+    expected = np.linalg.inv(pose_matrix(**key_pose)) @ pose_matrix(**later) @ pose_matrix(**camera)
+    np.testing.assert_allclose(moved[back], expected, atol=1e-5)
+    assert np.abs(moved[back, :3, 3] - plain[back, :3, 3]).max() > 0.3  # 0.4 m of motion
+    others = [i for i in range(len(CAMERA_NAMES)) if i != back]
+    np.testing.assert_allclose(moved[others], plain[others], atol=1e-5)  # same pose as the key camera

@@ -11,6 +11,7 @@ from occupancy.geometry import (
     pixels_to_ego,
     pose_matrix,
     quaternion_to_matrix,
+    sensor_to_key_ego,
 )
 
 # A front camera: optical axis (camera z) along ego +x, camera x (image right) along ego -y, camera y
@@ -79,3 +80,17 @@ def test_camera_projection_keeps_leading_dimensions():
     assert pixels.shape == (1, 2, 2) and depth.shape == (1, 2)
     np.testing.assert_allclose(pixels[0, 1], [800 + 250, 450 - 200])
     np.testing.assert_allclose(pixels_to_camera(pixels, depth, INTRINSIC), points, atol=1e-12)
+
+
+def test_sensor_to_key_ego_by_hand():
+    # The key camera's ego at x = 10 m; the other camera fired later, the car 1 m on and yawed 90 degrees.
+    key_ego = pose_matrix([10.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
+    later_ego = pose_matrix([10.0, 1.0, 0.0], [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])
+    camera = pose_matrix([1.0, 0.0, 1.5], [1.0, 0.0, 0.0, 0.0])
+    composed = sensor_to_key_ego(camera, later_ego, key_ego)
+    # Camera origin (1, 0, 1.5) -> yaw 90: (0, 1, 1.5) -> + (10, 1, 0) -> - (10, 0, 0): (0, 2, 1.5).
+    expected = np.array([[0.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 1.5], [0, 0, 0, 1]])
+    np.testing.assert_allclose(composed, expected, atol=1e-12)
+    np.testing.assert_allclose(sensor_to_key_ego(camera, key_ego, key_ego), camera, atol=1e-12)
+    stacked = sensor_to_key_ego(np.stack([camera] * 2), np.stack([key_ego, later_ego]), key_ego)
+    np.testing.assert_allclose(stacked[1], expected, atol=1e-12)

@@ -23,7 +23,13 @@ from torch.utils.data import Dataset
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.data_root import CameraEntry, LidarEntry, SampleEntry, index_path, load_index, read_labels
 from occupancy.errors import InputError
-from occupancy.geometry import camera_to_pixels, invert_rigid, pose_matrix, transform_points
+from occupancy.geometry import (
+    camera_to_pixels,
+    invert_rigid,
+    pose_matrix,
+    sensor_to_key_ego,
+    transform_points,
+)
 from occupancy.image_header import image_kind, image_size
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
 from occupancy.preprocess import (
@@ -194,9 +200,7 @@ class OccupancyDataset(Dataset):
             scene_name=entry["scene_name"],
             images=torch.from_numpy(np.stack(images)),
             intrinsics=torch.tensor([c["intrinsic"] for c in cameras], dtype=torch.float32),
-            sensor2ego=torch.from_numpy(np.stack([
-                pose_matrix(c["sensor2ego"]["translation"], c["sensor2ego"]["rotation"]) for c in cameras
-            ]).astype(np.float32)),
+            sensor2ego=torch.from_numpy(sensors_to_key_ego(cameras).astype(np.float32)),
             post_rots=torch.from_numpy(np.stack(post_rots)),
             post_trans=torch.from_numpy(np.stack(post_trans)),
             bda=torch.from_numpy(flip.matrix),
@@ -242,6 +246,17 @@ class OccupancyDataset(Dataset):
         if size is None:
             raise InputError(f"{path}: not a JPEG or PNG image with a readable size")
         return data, size
+
+
+def sensors_to_key_ego(cameras: list[CameraEntry]) -> np.ndarray:
+    """N x 4 x 4 camera -> key ego (CAM_FRONT_LEFT's ego pose) of a frame's cameras, CAMERA_NAMES order,
+    as the reference composes them (occupancy.geometry.sensor_to_key_ego). An index without per-camera
+    ego poses (hand-made roots) gives each camera's sensor2ego as it is."""
+    sensor2ego = np.stack([pose_matrix(**camera["sensor2ego"]) for camera in cameras])
+    if not all("ego2global" in camera for camera in cameras):
+        return sensor2ego
+    ego2global = np.stack([pose_matrix(**camera["ego2global"]) for camera in cameras])
+    return sensor_to_key_ego(sensor2ego, ego2global, ego2global[0])
 
 
 def read_flipped_labels(path: Path, flip: BevFlip) -> tuple[np.ndarray, np.ndarray]:
