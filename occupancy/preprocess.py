@@ -21,11 +21,14 @@ IMAGENET_MEAN_RGB: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
 # cv2.imdecode flags per decoded scale: JPEG decodes at 1/2, 1/4, 1/8 in its DCT, nearly for free.
+# Calibration is for the sensor's raw pixels, so an EXIF Orientation tag must not rotate them.
 DECODE_FLAGS: dict[float, int] = {
-    1.0: cv2.IMREAD_COLOR,
-    0.5: cv2.IMREAD_REDUCED_COLOR_2,
-    0.25: cv2.IMREAD_REDUCED_COLOR_4,
-    0.125: cv2.IMREAD_REDUCED_COLOR_8,
+    scale: flag | cv2.IMREAD_IGNORE_ORIENTATION for scale, flag in {
+        1.0: cv2.IMREAD_COLOR,
+        0.5: cv2.IMREAD_REDUCED_COLOR_2,
+        0.25: cv2.IMREAD_REDUCED_COLOR_4,
+        0.125: cv2.IMREAD_REDUCED_COLOR_8,
+    }.items()
 }
 
 Size = tuple[int, int]  # (height, width) in pixels

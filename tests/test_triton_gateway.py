@@ -191,7 +191,7 @@ def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():
 
     async def attempt(backend):
         try:
-            return await backend.infer(MODEL, inputs)
+            return await backend.infer(backend.models[MODEL], inputs)
         except Exception as error:
             return error
 

@@ -7,21 +7,20 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.encoding import DENSE_ENCODING, NPY_MEDIA_TYPE, SPARSE_ENCODING, encode_npy, encode_occupancy
-from occupancy.errors import InputError
 from service.api.deps import StateDep
 from service.api.schemas import Detail, ModelRef, PredictResponse, Timing, grid_info
-from service.backends.base import BackendUnavailable
-from service.core.admission import Overloaded
-from service.core.state import AppState
+from service.core.errors import ErrorKind, GatewayError
 from service.pipeline import check_headers, prepare_inputs
-from service.request_body import CALIBRATION_PART, read_frame
+from service.request_body import CALIBRATION_PART, MAX_PARTS, read_frame
+from service.state import AppState
 
 router = APIRouter(tags=["predict"])
+PREDICT_PATH = "/predict"
 
 Encoding = Literal["dense", "sparse"]
 _ENCODINGS = {"dense": DENSE_ENCODING, "sparse": SPARSE_ENCODING}
@@ -48,20 +47,22 @@ _REQUEST_BODY = {
 _ERRORS = {
     code: {"model": Detail, "description": description}
     for code, description in {
-        400: "malformed multipart or JSON, undecodable image",
+        400: "malformed multipart or JSON (or JSON nested too deeply), undecodable image",
         401: "missing or wrong API key, where keys are configured",
         404: "unknown model",
-        413: "body over the limit, or an image with more pixels than allowed (read from its header)",
+        408: "the body was not received within the upload timeout",
+        413: f"body over the limit, more than {MAX_PARTS} parts, or an image with more pixels than allowed "
+             "(read from its header)",
         415: "unsupported content type or image type",
         422: "schema violation: cameras missing or duplicated, bad calibration, temporal fields missing",
-        503: "overloaded (wait queue full) or the backend unavailable; see Retry-After",
+        503: "overloaded (wait queue full, too many uploads) or the backend unavailable; see Retry-After",
         504: "the backend did not answer within the request timeout",
     }.items()
 }
 
 
 @router.post(
-    "/predict",
+    PREDICT_PATH,
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={200: {"model": PredictResponse, "content": {NPY_MEDIA_TYPE: {}}}, **_ERRORS},
     response_class=Response,
@@ -76,54 +77,33 @@ async def predict(
     """One frame in, one occupancy grid out."""
     started = time.perf_counter()
     npy = _accepts_npy(accept)
-    # Only served names become label values: a client must not be able to mint new series.
-    name = model or state.default_model
-    label = {"model": name if name in state.backend.models else "unknown",
-             "encoding": "npy" if npy else encoding}
-    code = status.HTTP_500_INTERNAL_SERVER_ERROR
-    try:
-        response = await _predict(request, state, model, _ENCODINGS[encoding], npy, started)
-        code = response.status_code
-        return response
-    except HTTPException as error:
-        code = error.status_code
-        raise
-    finally:
-        state.metrics.count_request(status=code, **label)
-
-
-async def _predict(
-    request: Request, state: AppState, model_name: str | None, encoding: str, npy: bool, started: float
-) -> Response:
-    served = state.model(model_name)
+    served = state.model(model)  # this version answers, even if another is swapped in meanwhile
     settings = state.settings
-    frame = await read_frame(request, settings.max_body_bytes)
+    with state.uploads.hold():
+        frame = await read_frame(request, settings.max_body_bytes, settings.body_timeout_s)
     if served.temporal:
-        try:
-            frame.calibration.require_temporal()
-        except InputError as error:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from error
+        frame.calibration.require_temporal()  # InputError: 422
     headers = check_headers(frame, settings.max_pixels)
+    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
     try:
-        async with asyncio.timeout(settings.request_timeout_s), state.admission.slot():
-            inputs, timings = await run_in_threadpool(prepare_inputs, frame, headers, served.input_size)
+        async with state.admission.slot(deadline) as slot:
+            await _still_connected(request)
+            inputs, timings = await slot.run(partial(
+                run_in_threadpool, prepare_inputs, frame, headers, served.input_size, state.decoder))
+            del frame  # the encoded images (views of the body): only the tensors are needed from here
+            await _still_connected(request)
             inference_started = time.perf_counter()
-            answer = await state.backend.infer(served.name, inputs)
+            answer = await slot.run(partial(state.backend.infer, served, inputs))
             grid, served = answer.semantics[0], answer.model  # the version that answered
             timings["inference"] = 1000 * (time.perf_counter() - inference_started)
+            await _still_connected(request)
             encode_started = time.perf_counter()
-            encoder = encode_npy if npy else partial(_occupancy_json, encoding=encoding)
-            body = await run_in_threadpool(encoder, grid)
+            encoder = encode_npy if npy else partial(_occupancy_json, encoding=_ENCODINGS[encoding])
+            body = await slot.run(partial(run_in_threadpool, encoder, grid))
             timings["encode"] = 1000 * (time.perf_counter() - encode_started)
-    except Overloaded as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "server: overloaded, the wait queue is full",
-                            headers={"Retry-After": str(settings.retry_after_s)}) from error
-    except BackendUnavailable as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backend: unavailable ({error})",
-                            headers={"Retry-After": str(settings.retry_after_s)}) from error
     except TimeoutError as error:
         message = f"backend: no answer within the request timeout of {settings.request_timeout_s} s"
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, message) from error
+        raise GatewayError(ErrorKind.TIMEOUT, message) from error
     timings["total"] = 1000 * (time.perf_counter() - started)
     state.metrics.observe_timings(timings)
     state.metrics.count_frame(served.name)
@@ -140,6 +120,22 @@ async def _predict(
     ).model_dump(mode="json", exclude={"occupancy"})
     return Response(_splice(head, "occupancy", body), media_type="application/json",
                     headers={"Server-Timing": server_timing})
+
+
+def request_labels(request: Request, state: AppState) -> dict[str, str]:
+    """`model` and `encoding` labels of a predict request's occ_requests_total series. Only served model
+    names and the API's encodings become label values: a client must not be able to mint new series."""
+    name = request.query_params.get("model") or state.default_model
+    encoding = request.query_params.get("encoding", "dense")
+    return {"model": name if name in state.backend.models else "unknown",
+            "encoding": "npy" if _accepts_npy(request.headers.get("accept"))
+            else encoding if encoding in _ENCODINGS else "invalid"}
+
+
+async def _still_connected(request: Request) -> None:
+    """CLIENT_GONE once the client has disconnected: the stages after it would compute for no one."""
+    if await request.is_disconnected():
+        raise GatewayError(ErrorKind.CLIENT_GONE, "client: disconnected before the answer")
 
 
 def _occupancy_json(grid: np.ndarray, encoding: str) -> bytes:
