@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from occupancy.errors import InputError
+from occupancy.triton_access import restricted_flags
 
 ModelControl = Literal["explicit", "poll", "none"]
 LOOPBACK = "127.0.0.1"
@@ -113,6 +114,7 @@ class TritonLocal:
         load_models: tuple[str, ...] = (),
         exit_timeout_s: int = 5,
         log_verbose: int = 0,
+        restricted_key: str | None = None,
     ):
         if not repository.is_dir():
             raise InputError(f"--repository {repository}: no such directory")
@@ -122,6 +124,7 @@ class TritonLocal:
         self.load_models = load_models
         self.exit_timeout_s = exit_timeout_s
         self.log_verbose = log_verbose
+        self.restricted_key = restricted_key  # model control only with this key (occupancy.triton_access)
         self.distribution = find_distribution()
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._process: subprocess.Popen | None = None
@@ -155,6 +158,8 @@ class TritonLocal:
         if self.model_control == "poll":
             command.append("--repository-poll-secs=5")
         command += [f"--load-model={name}" for name in self.load_models]
+        if self.restricted_key is not None:
+            command += restricted_flags(self.restricted_key)
         return command
 
     def start(self) -> None:

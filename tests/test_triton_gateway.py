@@ -384,3 +384,33 @@ def test_occ_serve_with_the_triton_backend(triton, frame, tmp_path, monkeypatch,
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_a_restricted_triton_lets_only_key_holders_control_models(repository, monkeypatch):
+    """Triton started with a model-control key (as the Helm chart and compose start it): loading a model
+    and the gateway's discovery are refused without the key, with a message that says what to set;
+    with OCC_TRITON_KEY both work, and inference needs no key."""
+    from occupancy.errors import InputError
+    from occupancy.triton_access import TRITON_KEY_ENV
+    from training.publish import load_in_triton
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    key = "key-for-this-test-only"
+    server = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                         load_models=(MODEL,), exit_timeout_s=1, restricted_key=key)
+    server.start()
+    try:
+        server.wait_ready(timeout_s=60)
+        monkeypatch.delenv(TRITON_KEY_ENV, raising=False)
+        with pytest.raises(InputError, match="loading fake version 1 failed: This protocol is restricted"):
+            load_in_triton(server.grpc_url, MODEL, 1, timeout_s=10)
+        startup = {"backend": "triton", "triton_url": server.grpc_url, "triton_startup_timeout_s": 0.3}
+        with pytest.raises(InputError, match=f"refuses its model-control API.*set {TRITON_KEY_ENV}"):
+            TritonBackend.load(Settings(**startup))
+        monkeypatch.setenv(TRITON_KEY_ENV, key)
+        assert load_in_triton(server.grpc_url, MODEL, 1, timeout_s=30) >= 0
+        backend = TritonBackend.load(Settings(**startup))  # the key from the environment
+        answer = asyncio.run(backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE)))
+        assert answer.semantics.shape == (1, 200, 200, 16)
+    finally:
+        server.kill()

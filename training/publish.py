@@ -9,6 +9,7 @@ is in place and, with a Triton URL, loaded and ready.
 """
 
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from occupancy.errors import InputError
+from occupancy.triton_access import TRITON_KEY_ENV, grpc_headers
 from training.export.triton_config import (
     CONFIG_FILE,
     ONNX_FILE,
@@ -199,20 +201,22 @@ def prune(model_dir: Path, keep: int) -> tuple[int, ...]:
 
 def load_in_triton(url: str, name: str, version: int, timeout_s: float) -> float:
     """Ask Triton (explicit model control) to (re)load `name` and wait until `version` is ready;
-    seconds taken. InputError with Triton's reason if it refuses or is not ready within `timeout_s`."""
+    seconds taken. InputError with Triton's reason if it refuses or is not ready within `timeout_s`.
+    Where Triton restricts its model control, the key comes from the environment (OCC_TRITON_KEY)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     started = time.monotonic()
     client = grpcclient.InferenceServerClient(url)
+    headers = grpc_headers(os.environ.get(TRITON_KEY_ENV))  # Triton's model control may need its key
     try:
         # Triton loads the new version beside the old one and retires the old one only once the new
         # one is ready: requests keep being answered throughout.
-        client.load_model(name, client_timeout=timeout_s)
+        client.load_model(name, headers=headers, client_timeout=timeout_s)
         while not client.is_model_ready(name, str(version), client_timeout=5.0):
             if time.monotonic() - started > timeout_s:
                 raise InputError(f"--triton-url {url}: {name} version {version} not ready after "
-                                 f"{timeout_s:.0f} s ({_state(client, name, version)})")
+                                 f"{timeout_s:.0f} s ({_state(client, name, version, headers)})")
             time.sleep(0.1)
     except InferenceServerException as error:
         raise InputError(f"--triton-url {url}: loading {name} version {version} failed: "
@@ -222,9 +226,9 @@ def load_in_triton(url: str, name: str, version: int, timeout_s: float) -> float
     return time.monotonic() - started
 
 
-def _state(client, name: str, version: int) -> str:
+def _state(client, name: str, version: int, headers: dict[str, str] | None) -> str:
     """Triton's state and reason for one model version, from its repository index."""
-    for model in client.get_model_repository_index().models:
+    for model in client.get_model_repository_index(headers=headers).models:
         if model.name == name and model.version == str(version):
             return f"state {model.state or 'unknown'}: {model.reason or 'no reason given'}"
     return "Triton does not list this version"

@@ -35,6 +35,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
+from occupancy.triton_access import TRITON_KEY_ENV, grpc_headers
 from service.backends.base import (
     Backend,
     BackendTimeout,
@@ -103,8 +104,10 @@ class TritonBackend(Backend):
         client = grpcclient.InferenceServerClient(settings.triton_url, channel_args=CHANNEL_ARGS)
         try:
             names = _wait_for_models(client, settings)
-            models = {name: _describe(client.get_model_metadata(name), client.get_model_config(name),
-                                      settings.triton_url) for name in names}
+            headers = _key_headers(settings)
+            models = {name: _describe(client.get_model_metadata(name),
+                                      client.get_model_config(name, headers=headers), settings.triton_url)
+                      for name in names}
         except InferenceServerException as error:
             raise InputError(f"--triton-url {settings.triton_url}: {error.message()}") from None
         finally:
@@ -199,7 +202,8 @@ class TritonBackend(Backend):
         for name, served in self._models.items():
             try:
                 metadata = await client.get_model_metadata(name, client_timeout=PROBE_TIMEOUT_S)
-                config = await client.get_model_config(name, client_timeout=PROBE_TIMEOUT_S)
+                config = await client.get_model_config(name, headers=_key_headers(self._settings),
+                                                       client_timeout=PROBE_TIMEOUT_S)
                 models[name] = _describe(metadata, config, self._settings.triton_url)
             except (InferenceServerException, InputError) as error:
                 log.warning("model %s: keeping version %s, re-reading it failed: %s",
@@ -221,7 +225,8 @@ def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Setting
     while True:
         try:
             if client.is_server_ready(client_timeout=PROBE_TIMEOUT_S):
-                index = client.get_model_repository_index(client_timeout=PROBE_TIMEOUT_S)
+                index = client.get_model_repository_index(headers=_key_headers(settings),
+                                                          client_timeout=PROBE_TIMEOUT_S)
                 ready = sorted({model.name for model in index.models if model.state == "READY"})
                 wanted = [settings.default_model] if settings.default_model else ready
                 if wanted and set(wanted) <= set(ready):
@@ -231,10 +236,18 @@ def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Setting
                 problem += "--triton-url` or tritonserver --load-model)"
         except InferenceServerException as error:
             problem = f"does not answer ({error.message()})"
+            if "restricted" in error.message():
+                problem = (f"refuses its model-control API ({error.message()}): set {TRITON_KEY_ENV} to the "
+                           "key Triton was started with")
         if time.monotonic() >= deadline:
             raise InputError(f"--triton-url {settings.triton_url}: {problem} after "
                              f"{settings.triton_startup_timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _key_headers(settings: Settings) -> dict[str, str] | None:
+    """Headers of Triton's restricted calls (model config, repository index): the key, where one is set."""
+    return grpc_headers(None if settings.triton_key is None else settings.triton_key.get_secret_value())
 
 
 def _describe(

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     triton_retries: int = Field(2, ge=0, description="retries of an inference Triton refused as UNAVAILABLE")
     triton_retry_backoff_s: float = Field(0.05, ge=0, description="first retry's wait; doubles each retry")
     triton_startup_timeout_s: float = Field(30.0, ge=0, description="wait for Triton and its models at start")
+    # Triton's restricted model-control APIs (occupancy.triton_access): the key it was started with.
+    triton_key: SecretStr | None = Field(None, description="sent on Triton's restricted calls")
 
     max_body_bytes: int = Field(64 * 2**20, gt=0, description="whole request body, bytes")
     body_timeout_s: float = Field(30.0, gt=0, description="to receive the whole body; beyond it, 408")
