@@ -180,6 +180,11 @@ def multipart_files(images: dict[str, bytes], frame: dict) -> list[tuple[str, tu
     return [*files, ("calibration", ("calibration.json", json.dumps(frame).encode(), "application/json"))]
 
 
+def post_frame(client, images: dict[str, bytes], frame: dict, **kwargs):
+    """POST /predict of a frame in the multipart form, with a sync or an async httpx client."""
+    return client.post("/predict", files=multipart_files(images, frame), **kwargs)
+
+
 def changed(settings: Settings, **changes) -> Settings:
     return Settings(**{**settings.model_dump(), **changes})
 

@@ -7,10 +7,8 @@ import json
 import math
 import struct
 import zlib
-from contextlib import asynccontextmanager
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -18,11 +16,14 @@ from service_fixtures import (
     build_test_model,
     calibration,
     camera_image,
+    changed,
     encode,
     frame_images,
     multipart_files,
+    post_frame,
     reference_inputs,
     run_model,
+    serving,
     write_model,
 )
 
@@ -71,14 +72,6 @@ def frame():
 def expected_grid(repository, frame):
     images, calib = frame
     return run_model(repository / "fake" / "3" / "model.onnx", reference_inputs(images, calib, INPUT_SIZE))
-
-
-def changed(settings: Settings, **changes) -> Settings:
-    return Settings(**{**settings.model_dump(), **changes})
-
-
-def post_frame(client, images, calib, **kwargs):
-    return client.post("/predict", files=multipart_files(images, calib), **kwargs)
 
 
 # --- answers -------------------------------------------------------------------------------------------
@@ -369,15 +362,6 @@ class SlowBackend:
 
     async def close(self):
         await self.inner.close()
-
-
-@asynccontextmanager
-async def serving(settings, build_backend=None):
-    app = create_app(settings, build_backend)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-            yield client
 
 
 def test_full_queue_is_503_with_retry_after(settings, frame):

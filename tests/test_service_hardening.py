@@ -22,6 +22,7 @@ from service_fixtures import (
     frame_images,
     jpeg_with_a_fake_frame,
     multipart_files,
+    post_frame,
     reference_inputs,
     run_model,
     serving,
@@ -41,6 +42,11 @@ JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
+def frame():
+    return frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
+
+
+@pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     write_model(root, "fake", (1,), build_test_model(INPUT_SIZE))
@@ -54,17 +60,9 @@ def settings(repository):
 
 @pytest.fixture(scope="module")
 def client(settings):
-    with TestClient(create_app(settings)) as test_client:
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def frame():
-    return frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
-
-
-def post(client, images, calib, **kwargs):
-    return client.post("/predict", files=multipart_files(images, calib), **kwargs)
+    """The gateway on a one-model repository, in this process; no version watching."""
+    with TestClient(create_app(settings)) as gateway:
+        yield gateway
 
 
 def json_body(images, calib) -> dict:
@@ -95,7 +93,7 @@ def test_a_decoy_frame_behind_stuffed_bytes_does_not_pass_the_pixel_limit(settin
     images, calib = frame
     crafted = jpeg_with_a_fake_frame(encode(camera_image((300, 400), 7)))
     with TestClient(create_app(changed(settings, max_pixels=200 * 200))) as small:
-        response = post(small, {**images, "CAM_BACK": crafted}, calib)
+        response = post_frame(small, {**images, "CAM_BACK": crafted}, calib)
     assert_error(response, 413, "CAM_BACK", "400 x 300", "pixels")
 
 
@@ -305,7 +303,7 @@ def test_exif_orientation_does_not_turn_the_pixels(client, frame, repository, or
     model = repository / "fake" / "1" / "model.onnx"
     expected = run_model(model, reference_inputs(images, calib, INPUT_SIZE))
     tagged = {name: with_exif_orientation(data, orientation) for name, data in images.items()}
-    np.testing.assert_array_equal(grid(post(client, tagged, calib)), expected)
+    np.testing.assert_array_equal(grid(post_frame(client, tagged, calib)), expected)
 
 
 # --- 5. valid but hostile JSON ------------------------------------------------------------------------------
@@ -360,9 +358,9 @@ def test_a_version_swap_to_another_input_size_during_a_request(tmp_path, frame, 
 
     monkeypatch.setattr(predict_route, "prepare_inputs", prepare_then_swap)
     with TestClient(create_app(Settings(model_repository=tmp_path, watch_interval_s=0), build)) as gateway:
-        during = post(gateway, *frame)
+        during = post_frame(gateway, *frame)
         monkeypatch.setattr(predict_route, "prepare_inputs", real_prepare)
-        after = post(gateway, *frame)
+        after = post_frame(gateway, *frame)
     assert during.status_code == 200, during.text
     assert during.json()["model"]["version"] == "1"
     assert after.status_code == 200 and after.json()["model"]["version"] == "2"
@@ -380,7 +378,7 @@ def test_a_503_does_not_reveal_the_backend_address(settings, frame, caplog):
     with caplog.at_level(logging.WARNING, logger="service"), \
             TestClient(create_app(changed(settings, retry_after_s=2),
                                   lambda s: Unavailable(EmbeddedBackend.load(s)))) as down:
-        response = post(down, *frame)
+        response = post_frame(down, *frame)
     assert_error(response, 503, "unavailable")
     assert response.headers["retry-after"] == "2"
     assert "10.1.2.3" not in response.text and "8001" not in response.text
@@ -389,10 +387,10 @@ def test_a_503_does_not_reveal_the_backend_address(settings, frame, caplog):
 
 def test_401_and_framework_422_are_counted(settings, frame):
     with TestClient(create_app(changed(settings, api_keys=("k1",)))) as keyed:
-        assert post(keyed, *frame).status_code == 401
+        assert post_frame(keyed, *frame).status_code == 401
         key = {"X-API-Key": "k1"}
-        assert post(keyed, *frame, headers=key, params={"encoding": "bogus-" * 50}).status_code == 422
-        assert post(keyed, *frame, headers=key, params={"model": "nope"}).status_code == 404
+        assert post_frame(keyed, *frame, headers=key, params={"encoding": "bogus-" * 50}).status_code == 422
+        assert post_frame(keyed, *frame, headers=key, params={"model": "nope"}).status_code == 404
         text = keyed.get("/metrics").text
     assert 'occ_requests_total{backend="embedded",encoding="dense",model="fake",status="401"} 1.0' in text
     # A client cannot mint label values: an unknown encoding is "invalid", an unknown model "unknown".
