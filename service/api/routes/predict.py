@@ -3,6 +3,7 @@
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -14,9 +15,11 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.encoding import DENSE_ENCODING, NPY_MEDIA_TYPE, SPARSE_ENCODING, encode_npy, encode_occupancy
 from service.api.deps import StateDep
 from service.api.schemas import Detail, ModelRef, PredictResponse, Timing, grid_info
+from service.backends.base import ServedModel
 from service.core.errors import ErrorKind, GatewayError
+from service.images import ImageHeader
 from service.pipeline import check_headers, prepare_inputs
-from service.request_body import CALIBRATION_PART, MAX_PARTS, read_frame
+from service.request_body import CALIBRATION_PART, MAX_PARTS, Frame, read_frame
 from service.state import AppState
 
 router = APIRouter(tags=["predict"])
@@ -78,32 +81,9 @@ async def predict(
     started = time.perf_counter()
     npy = _accepts_npy(accept)
     served = state.model(model)  # this version answers, even if another is swapped in meanwhile
-    settings = state.settings
-    with state.uploads.hold():
-        frame = await read_frame(request, settings.max_body_bytes, settings.body_timeout_s)
-    if served.temporal:
-        frame.calibration.require_temporal()  # InputError: 422
-    headers = check_headers(frame, settings.max_pixels)
-    deadline = asyncio.get_running_loop().time() + settings.request_timeout_s
-    try:
-        async with state.admission.slot(deadline) as slot:
-            await _still_connected(request)
-            inputs, timings = await slot.run(partial(
-                run_in_threadpool, prepare_inputs, frame, headers, served.input_size, state.decoder))
-            del frame  # the encoded images (views of the body): only the tensors are needed from here
-            await _still_connected(request)
-            inference_started = time.perf_counter()
-            answer = await slot.run(partial(state.backend.infer, served, inputs))
-            grid, served = answer.semantics[0], answer.model  # the version that answered
-            timings["inference"] = 1000 * (time.perf_counter() - inference_started)
-            await _still_connected(request)
-            encode_started = time.perf_counter()
-            encoder = encode_npy if npy else partial(_occupancy_json, encoding=_ENCODINGS[encoding])
-            body = await slot.run(partial(run_in_threadpool, encoder, grid))
-            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
-    except TimeoutError as error:
-        message = f"backend: no answer within the request timeout of {settings.request_timeout_s} s"
-        raise GatewayError(ErrorKind.TIMEOUT, message) from error
+    encoder = encode_npy if npy else partial(_occupancy_json, encoding=_ENCODINGS[encoding])
+    frame, headers = await _read_checked(request, state, served)
+    body, served, timings = await _compute(request, state, served, frame, headers, encoder)
     timings["total"] = 1000 * (time.perf_counter() - started)
     state.metrics.observe_timings(timings)
     state.metrics.count_frame(served.name)
@@ -120,6 +100,45 @@ async def predict(
     ).model_dump(mode="json", exclude={"occupancy"})
     return Response(_splice(head, "occupancy", body), media_type="application/json",
                     headers={"Server-Timing": server_timing})
+
+
+async def _read_checked(
+    request: Request, state: AppState, served: ServedModel
+) -> tuple[Frame, dict[str, ImageHeader]]:
+    """The request's frame and its images' headers, checked as far as they can be before admission."""
+    with state.uploads.hold():
+        frame = await read_frame(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
+    if served.temporal:
+        frame.calibration.require_temporal()  # InputError: 422
+    return frame, check_headers(frame, state.settings.max_pixels)
+
+
+async def _compute(
+    request: Request, state: AppState, served: ServedModel, frame: Frame, headers: dict[str, ImageHeader],
+    encoder: Callable[[np.ndarray], bytes],
+) -> tuple[bytes, ServedModel, dict[str, float]]:
+    """The encoded grid, the version that answered and the stage times (ms), within one admission slot and
+    the request timeout; a stage starts only while the client is still connected."""
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    try:
+        async with state.admission.slot(deadline) as slot:
+            await _still_connected(request)
+            inputs, timings = await slot.run(partial(
+                run_in_threadpool, prepare_inputs, frame, headers, served.input_size, state.decoder))
+            await _still_connected(request)
+            inference_started = time.perf_counter()
+            answer = await slot.run(partial(state.backend.infer, served, inputs))
+            timings["inference"] = 1000 * (time.perf_counter() - inference_started)
+            await _still_connected(request)
+            encode_started = time.perf_counter()
+            body = await slot.run(partial(run_in_threadpool, encoder, answer.semantics[0]))
+            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
+    except GatewayError:
+        raise  # a backend's own timeout (BackendTimeout) is a TimeoutError too, with its own message
+    except TimeoutError as error:
+        message = f"backend: no answer within the request timeout of {state.settings.request_timeout_s} s"
+        raise GatewayError(ErrorKind.TIMEOUT, message) from error
+    return body, answer.model, timings
 
 
 def request_labels(request: Request, state: AppState) -> dict[str, str]:
