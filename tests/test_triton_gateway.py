@@ -214,6 +214,24 @@ def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():
     assert isinstance(asyncio.run(attempt(backend)), BackendUnavailable) and len(client.calls) == 1
 
 
+def test_inputs_refused_after_a_swap_to_another_input_size_are_503_and_reread():
+    """Triton refuses tensors that do not fit the version it serves now (INVALID_ARGUMENT): a version with
+    another input size was swapped in after the request made its inputs. That is a 503 to retry, and the
+    served models are re-read at once, never a 500."""
+    backend, client = scripted_backend(["StatusCode.INVALID_ARGUMENT"])
+    rereads = []
+    backend._refresh_soon = lambda force=False: rereads.append(force)
+
+    async def attempt():
+        try:
+            return await backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE))
+        except Exception as error:
+            return error
+
+    assert isinstance(asyncio.run(attempt()), BackendUnavailable)
+    assert len(client.calls) == 1 and rereads == [True]
+
+
 def test_triton_slower_than_its_timeout_is_504(repository, triton, frame):
     async def scenario():
         async with gateway(settings_for(repository, "triton", triton, triton_timeout_s=0.001)) as client:
