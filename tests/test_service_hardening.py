@@ -215,7 +215,7 @@ class BlockedBackend:
 
 
 def test_a_timeout_keeps_the_slot_until_the_stage_ends(settings, frame):
-    """One slot, a 0.5 s timeout, an inference that runs on: the first request is answered 504 at its
+    """One slot, a 1 s timeout, an inference that runs on: the first request is answered 504 at its
     deadline, but its slot stays taken (in flight 1) until the inference really ends, so a second request
     waits and times out without starting an inference of its own. Once the first inference ends, the
     slot is free again and a third request is answered."""
@@ -227,7 +227,7 @@ def test_a_timeout_keeps_the_slot_until_the_stage_ends(settings, frame):
         return backends[0]
 
     async def scenario():
-        limited = changed(settings, max_concurrent=1, max_queue=1, request_timeout_s=0.5)
+        limited = changed(settings, max_concurrent=1, max_queue=1, request_timeout_s=1.0)
         async with serving(limited, build) as gateway:
             first = await gateway.post("/predict", files=files)
             in_flight = (await gateway.get("/metrics")).text
