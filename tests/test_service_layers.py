@@ -30,3 +30,11 @@ def test_http_exceptions_only_at_the_edge():
 def test_core_does_not_import_the_backends():
     for path in SERVICE.glob("core/*.py"):
         assert not any(name.startswith("service.backends") for name in imports(path)), path.name
+
+
+def test_every_kind_of_failure_has_one_status():
+    from service.api.errors import RETRY_LATER, STATUS
+    from service.core.errors import ErrorKind
+
+    assert set(STATUS) == set(ErrorKind)
+    assert {STATUS[kind] for kind in RETRY_LATER} == {503}
