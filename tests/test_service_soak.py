@@ -91,7 +91,8 @@ async def client_run(url: str, valid: dict, hostile: itertools.cycle, answers: l
 
 def test_soak_with_hostile_requests_keeps_its_answers_and_its_memory(tmp_path, monkeypatch):
     write_model(tmp_path / "repository", "fake", (1,), build_test_model(INPUT_SIZE))
-    for name, value in {"OCC_MAX_CONCURRENT": "2", "OCC_MAX_QUEUE": "2", "OCC_MAX_PIXELS": str(MAX_PIXELS),
+    # Room for every client (2 in flight + 4 waiting): a 503 is allowed, but the valid frames get answered.
+    for name, value in {"OCC_MAX_CONCURRENT": "2", "OCC_MAX_QUEUE": "4", "OCC_MAX_PIXELS": str(MAX_PIXELS),
                         "OCC_LOG_LEVEL": "WARNING"}.items():
         monkeypatch.setenv(name, value)
     images, calib = frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
@@ -117,7 +118,8 @@ def test_soak_with_hostile_requests_keeps_its_answers_and_its_memory(tmp_path, m
     wrong = [(what, status) for what, allowed, status, retry_after in answers
              if status not in allowed and not (status == 503 and retry_after is not None)]
     assert wrong == [], wrong[:5]
-    assert sum(status == 200 for _, _, status, _ in answers) >= len(answers) // 2
+    valid_answers = [status for what, _, status, _ in answers if what == "valid"]
+    assert valid_answers.count(200) >= len(valid_answers) // 2
     assert "Traceback" not in log and " ERROR " not in log, log[-2000:]
     counts = {code: sum(answer[2] == code for answer in answers) for code in sorted({a[2] for a in answers})}
     print(f"\nRSS after warm-up {warmed / 2**20:.1f} MiB, after {len(answers)} requests "
