@@ -24,7 +24,7 @@ from occupancy import model_contract as contract
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.data_root import load_index, read_labels
 from occupancy.metrics import OccupancyMetric
-from occupancy.preprocess import FAST, REFERENCE, RESAMPLINGS
+from occupancy.network_input import FAST, REFERENCE, RESAMPLINGS
 from service.pipeline import Frame, check_headers, prepare_inputs
 
 EXAMPLE = Path("examples/frame")
@@ -36,7 +36,7 @@ def grids(session: ort.InferenceSession, frame: Frame, input_size: tuple[int, in
     out = {}
     for resampling in RESAMPLINGS:
         started = time.perf_counter()
-        inputs, _ = prepare_inputs(frame, headers, input_size, resampling)
+        inputs, _ = prepare_inputs(frame, headers, input_size, resampling=resampling)
         seconds = time.perf_counter() - started
         out[resampling] = (session.run([contract.SEMANTICS], inputs)[0][0], seconds)
     return out

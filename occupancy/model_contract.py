@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from occupancy.errors import InputError
-from occupancy.preprocess import CHANNEL_ORDER
+from occupancy.network_input import CHANNEL_ORDER
 
 # Inputs.
-IMAGES = "images"  # uint8 [B, N, 3, H, W], channels B, G, R (preprocess.CHANNEL_ORDER), not normalised
+IMAGES = "images"  # uint8 [B, N, 3, H, W], B, G, R (network_input.CHANNEL_ORDER), not normalised
 INTRINSICS = "intrinsics"  # float32 [B, N, 3, 3], pixels of the source image
 SENSOR2EGO = "sensor2ego"  # float32 [B, N, 4, 4], camera -> ego (nuScenes calibrated_sensor)
 POST_ROTS = "post_rots"  # float32 [B, N, 3, 3], source pixels -> model input pixels (resize/crop)

@@ -1,5 +1,5 @@
 """Image preprocessing: the BEVDet/FlashOcc resize-crop-flip-rotate transform and its post_rot/post_tran,
-and the network's channel order and normalisation.
+and the images the networks take (channels as decoded, resampled the fast or the reference way).
 
 Image coordinates (u, v) = (column, row) are continuous, in the pixel-area convention: pixel
 [row i, column j] covers [j, j + 1) x [i, i + 1). PIL and cv2.resize scale images in this
@@ -8,12 +8,8 @@ convention, so a resize by s maps u to s * u exactly, which is how the reference
 the same numbers. `apply_transform` warps an image exactly by a transform's affine map, so the
 pixels and the geometry the model receives agree.
 
-Channels, as the reference really feeds its networks: BEVDet-family pipelines open images with PIL
-(R, G, B) and normalise them with mmcv's `imnormalize(img, mean, std, to_rgb=True)`, which swaps the
-channels once more. Every published checkpoint therefore saw B, G, R, minus (123.675, 116.28, 103.53)
-and divided by (58.395, 57.12, 57.375) in that order (BEVDet #274, BEVDepth #186). OpenCV decodes
-B, G, R, so `model_input_image` returns the decoded channels as they are, and the models and the
-exported graph normalise channel c with NORMALIZE_MEAN[c] and NORMALIZE_STD[c].
+Channels: the networks take B, G, R (occupancy/network_input.py says why), which is what OpenCV
+decodes, so `model_input_image` returns the decoded channels as they are.
 
 Resampling: `model_input_image` makes the model input the fast way (JPEG decoded at 1/2, 1/4 or 1/8
 in its DCT, area-averaged, one bilinear warp; `FAST`) or as the reference does (a full decode and
@@ -24,31 +20,23 @@ docs/preprocessing.md has the measured difference.
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 
 from occupancy.errors import InputError
-
-# The order of the three channels the networks see (and the exported graph's `images` input takes).
-CHANNEL_ORDER = "bgr"
-# Subtracted from and divided into channels 0, 1, 2 (B, G, R): the ImageNet RGB statistics, applied to
-# B, G, R channels, as every reference checkpoint was trained (see the module doc).
-NORMALIZE_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
-NORMALIZE_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
-
-Resampling = Literal["fast", "reference"]
-FAST: Resampling = "fast"
-REFERENCE: Resampling = "reference"
-RESAMPLINGS: tuple[Resampling, ...] = (FAST, REFERENCE)
+from occupancy.network_input import FAST, REFERENCE, Resampling
 
 # cv2.imdecode flags per decoded scale: JPEG decodes at 1/2, 1/4, 1/8 in its DCT, nearly for free.
+# Calibration is for the sensor's raw pixels, so an EXIF Orientation tag must not rotate them.
 DECODE_FLAGS: dict[float, int] = {
-    1.0: cv2.IMREAD_COLOR,
-    0.5: cv2.IMREAD_REDUCED_COLOR_2,
-    0.25: cv2.IMREAD_REDUCED_COLOR_4,
-    0.125: cv2.IMREAD_REDUCED_COLOR_8,
+    scale: flag | cv2.IMREAD_IGNORE_ORIENTATION for scale, flag in {
+        1.0: cv2.IMREAD_COLOR,
+        0.5: cv2.IMREAD_REDUCED_COLOR_2,
+        0.25: cv2.IMREAD_REDUCED_COLOR_4,
+        0.125: cv2.IMREAD_REDUCED_COLOR_8,
+    }.items()
 }
 
 Size = tuple[int, int]  # (height, width) in pixels

@@ -42,6 +42,7 @@ from occupancy.model_repository import (
     python_backend_view,
     scan_repository,
 )
+from occupancy.triton_access import restricted_flags
 
 ModelControl = Literal["explicit", "poll", "none"]
 LOOPBACK = "127.0.0.1"
@@ -128,6 +129,7 @@ class TritonLocal:
         load_models: tuple[str, ...] | None = None,
         exit_timeout_s: int = 5,
         log_verbose: int = 0,
+        restricted_key: str | None = None,
     ):
         if not repository.is_dir():
             raise InputError(f"--repository {repository}: no such directory")
@@ -137,6 +139,7 @@ class TritonLocal:
         self.load_models = load_models
         self.exit_timeout_s = exit_timeout_s
         self.log_verbose = log_verbose
+        self.restricted_key = restricted_key  # model control only with this key (occupancy.triton_access)
         self.distribution = find_distribution()
         self.served_repository = self.repository  # a python-backend view of it, where start() makes one
         self.view: dict[str, str] = {}  # what the view made of each model, when there is one
@@ -174,6 +177,8 @@ class TritonLocal:
         if self.model_control == "explicit":
             names = ("*",) if self.load_models is None else self.load_models  # None: every model
             command += [f"--load-model={name}" for name in names]
+        if self.restricted_key is not None:
+            command += restricted_flags(self.restricted_key)
         return command
 
     def start(self) -> None:

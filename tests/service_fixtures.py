@@ -3,9 +3,12 @@ a nuScenes-like calibration, and the reference preprocessing built from the occu
 
 import json
 import math
+import struct
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,6 +22,8 @@ from occupancy.geometry import matrix_to_quaternion
 from occupancy.grid import OCC3D_GRID
 from occupancy.model_repository import Runtime
 from occupancy.preprocess import apply_transform, decode_image, decode_scale, test_time_transform
+from service.core.config import Settings
+from service.main import create_app
 from training.publish import Artifact, publish
 
 # Roughly one voxel in 30 is occupied: sparse answers stay small.
@@ -202,3 +207,40 @@ def multipart_files(images: dict[str, bytes], frame: dict) -> list[tuple[str, tu
     """httpx `files=` of the primary request form."""
     files = [(name, (f"{name}.jpg", data, "image/jpeg")) for name, data in images.items()]
     return [*files, ("calibration", ("calibration.json", json.dumps(frame).encode(), "application/json"))]
+
+
+def post_frame(client, images: dict[str, bytes], frame: dict, **kwargs):
+    """POST /predict of a frame in the multipart form, with a sync or an async httpx client."""
+    return client.post("/predict", files=multipart_files(images, frame), **kwargs)
+
+
+def changed(settings: Settings, **changes) -> Settings:
+    return Settings(**{**settings.model_dump(), **changes})
+
+
+@asynccontextmanager
+async def serving(settings: Settings, build_backend=None):
+    """An httpx client of the app in this event loop (ASGI, no socket), lifespan run."""
+    app = create_app(settings, build_backend)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+            yield client
+
+
+def jpeg_with_a_fake_frame(jpeg: bytes) -> bytes:
+    """`jpeg` with a decoy 8 x 8 start-of-frame that only a marker walk treating stuffed bytes as a marker
+    finds: after SOI, FF 00 (stuffing, not a marker) followed by what such a walk reads as a length of 6,
+    which lands it inside a comment (FF FE) that holds the decoy. libjpeg skips the stuffing, the two
+    stray bytes and the whole comment, and decodes the real frame behind it."""
+    decoy = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 8, 8, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    comment = b"\xff\xfe" + struct.pack(">H", 2 + len(decoy)) + decoy
+    return jpeg[:2] + b"\xff\x00" + struct.pack(">H", 6) + comment + jpeg[2:]
+
+
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """`jpeg` with an APP1 Exif segment whose only tag is Orientation (0x0112) = `orientation`."""
+    entry = struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)  # tag, SHORT, count 1, value (padded)
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + entry + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", 2 + len(payload)) + payload + jpeg[2:]

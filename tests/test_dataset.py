@@ -16,7 +16,8 @@ from occupancy.classes import FREE_CLASS
 from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix
 from occupancy.grid import OCC3D_GRID
-from occupancy.preprocess import NORMALIZE_MEAN, NORMALIZE_STD, decode_scale, test_time_transform
+from occupancy.network_input import NORMALIZE_MEAN, NORMALIZE_STD
+from occupancy.preprocess import decode_scale, test_time_transform
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
 

@@ -83,14 +83,18 @@ def test_camera_projection_keeps_leading_dimensions():
 
 
 def test_sensor_to_key_ego_by_hand():
-    # The key camera's ego at x = 10 m; the other camera fired later, the car 1 m on and yawed 90 degrees.
-    key_ego = pose_matrix([10.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
-    later_ego = pose_matrix([10.0, 1.0, 0.0], [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])
-    camera = pose_matrix([1.0, 0.0, 1.5], [1.0, 0.0, 0.0, 0.0])
-    composed = sensor_to_key_ego(camera, later_ego, key_ego)
-    # Camera origin (1, 0, 1.5) -> yaw 90: (0, 1, 1.5) -> + (10, 1, 0) -> - (10, 0, 0): (0, 2, 1.5).
-    expected = np.array([[0.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 1.5], [0, 0, 0, 1]])
+    """Key ego at global (10, 0, 0) facing +x; the camera's ego at global (12, 1, 0) turned 90 degrees
+    left; the camera 1 m ahead of its ego, axes as the ego's. In the key ego frame the camera is at
+    (12, 1, 0) + R_z(90)(1, 0, 0) - (10, 0, 0) = (2, 2, 0), turned 90 degrees left."""
+    quarter_turn = [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)]  # (w, x, y, z): +90 degrees about z
+    key_ego2global = pose_matrix([10.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
+    ego2global = pose_matrix([12.0, 1.0, 0.0], quarter_turn)
+    sensor2ego = pose_matrix([1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
+    expected = np.array([[0.0, -1.0, 0.0, 2.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1]])
+    composed = sensor_to_key_ego(sensor2ego, ego2global, key_ego2global)
+    assert composed.dtype == np.float64
     np.testing.assert_allclose(composed, expected, atol=1e-12)
-    np.testing.assert_allclose(sensor_to_key_ego(camera, key_ego, key_ego), camera, atol=1e-12)
-    stacked = sensor_to_key_ego(np.stack([camera] * 2), np.stack([key_ego, later_ego]), key_ego)
-    np.testing.assert_allclose(stacked[1], expected, atol=1e-12)
+    # Batched (... x 4 x 4): the key camera itself maps to its own sensor2ego.
+    stacked = sensor_to_key_ego(np.stack([sensor2ego, sensor2ego]), np.stack([key_ego2global, ego2global]),
+                                key_ego2global)
+    np.testing.assert_allclose(stacked, [sensor2ego, expected], atol=1e-12)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import occupancy.preprocess as preprocess
+from occupancy import network_input
 from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix
 from occupancy.preprocess import ImageTransform, apply_transform, decode_image, decode_scale
@@ -173,13 +174,13 @@ def test_model_inputs_keep_opencvs_channel_order_and_the_reference_constants():
     image[..., 0] = 10  # blue, first in OpenCV's order and in the networks'
     image[..., 2] = 200  # red
     transform = preprocess.test_time_transform((90, 160), (32, 64))
-    for resampling in preprocess.RESAMPLINGS:
+    for resampling in network_input.RESAMPLINGS:
         model_input = preprocess.model_input_image(cv2.imencode(".png", image)[1].tobytes(), "png", transform,
                                                    resampling)
         assert (model_input[..., 0] == 10).all() and (model_input[..., 2] == 200).all(), resampling
-    assert preprocess.CHANNEL_ORDER == "bgr"
-    assert preprocess.NORMALIZE_MEAN == (123.675, 116.28, 103.53)  # subtracted from B, G, R, in that order
-    assert preprocess.NORMALIZE_STD == (58.395, 57.12, 57.375)
+    assert network_input.CHANNEL_ORDER == "bgr"
+    assert network_input.NORMALIZE_MEAN == (123.675, 116.28, 103.53)  # subtracted from B, G, R, in that order
+    assert network_input.NORMALIZE_STD == (58.395, 57.12, 57.375)
 
 
 def test_rotation_direction_is_counter_clockwise_as_displayed():

@@ -30,7 +30,8 @@ from occupancy.calibration import parse_calibration
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.encoding import decode_dense
 from occupancy.errors import InputError
-from occupancy.preprocess import FAST, REFERENCE, test_time_transform
+from occupancy.network_input import FAST, REFERENCE
+from occupancy.preprocess import test_time_transform
 from service.core.config import Settings
 from service.main import create_app
 from service.pipeline import Frame, check_headers, prepare_inputs
@@ -65,7 +66,7 @@ def mmcv_imnormalize(image: np.ndarray) -> np.ndarray:
 def gateway_network_input(images: dict[str, bytes], resampling, input_size=INPUT_SIZE) -> np.ndarray:
     """6 x 3 x H x W: what the gateway sends (its preprocessing) normalised as the exported graph does."""
     frame = Frame(images, parse_calibration(calibration(reference_size(images))))
-    inputs, _ = prepare_inputs(frame, check_headers(frame, 2**30), input_size, resampling)
+    inputs, _ = prepare_inputs(frame, check_headers(frame, 2**30), input_size, resampling=resampling)
     return normalize_images(torch.from_numpy(inputs[contract.IMAGES][0])).numpy()
 
 
@@ -140,7 +141,7 @@ def test_dataset_and_gateway_make_identical_network_inputs(tmp_path, resampling)
         path.write_bytes(encode(camera_image((90, 160), CAMERA_NAMES.index(name)), ".jpg"))
     images = {name: (root / entry["cameras"][name]["image_path"]).read_bytes() for name in CAMERA_NAMES}
     frame = Frame(images, parse_calibration(calibration((90, 160))))
-    inputs, _ = prepare_inputs(frame, check_headers(frame, 2**30), (32, 64), resampling)
+    inputs, _ = prepare_inputs(frame, check_headers(frame, 2**30), (32, 64), resampling=resampling)
     np.testing.assert_array_equal(dataset[0].images.numpy(), inputs[contract.IMAGES][0])
 
 

@@ -4,12 +4,11 @@ import asyncio
 import base64
 import io
 import json
+import math
 import struct
 import zlib
-from contextlib import asynccontextmanager
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -17,15 +16,18 @@ from service_fixtures import (
     build_test_model,
     calibration,
     camera_image,
+    changed,
     encode,
     frame_images,
     multipart_files,
+    post_frame,
     reference_inputs,
     run_model,
+    serving,
     write_model,
 )
 
-from occupancy.calibration import parse_calibration
+from occupancy.calibration import Pose, parse_calibration
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES, FREE_CLASS
 from occupancy.encoding import decode_dense, decode_npy, decode_sparse
@@ -70,14 +72,6 @@ def frame():
 def expected_grid(repository, frame):
     images, calib = frame
     return run_model(repository / "fake" / "3" / "model.onnx", reference_inputs(images, calib, INPUT_SIZE))
-
-
-def changed(settings: Settings, **changes) -> Settings:
-    return Settings(**{**settings.model_dump(), **changes})
-
-
-def post_frame(client, images, calib, **kwargs):
-    return client.post("/predict", files=multipart_files(images, calib), **kwargs)
 
 
 # --- answers -------------------------------------------------------------------------------------------
@@ -143,6 +137,47 @@ def test_temporal_model_with_sequence_fields(client, frame):
                           params={"model": "fake-temporal"})
     assert response.status_code == 200, response.text
     assert response.json()["model"] == {"name": "fake-temporal", "version": "2"}
+
+
+def _camera_poses(calib: dict, moved: bool) -> dict:
+    """`calib` with an ego pose per camera: the frame's, or (moved) one that drives 0.4 m further and
+    turns 0.5 degrees more for each camera, as cameras exposing tens of milliseconds apart see it."""
+    posed = json.loads(json.dumps(calib))
+    for index, name in enumerate(CAMERA_NAMES):
+        step = index if moved else 0
+        yaw = math.radians(30 + 0.5 * step)
+        posed["cameras"][name]["ego2global"] = {"translation": [600.0 + 0.4 * step, 1647.5, 0.0],
+                                                "rotation": [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]}
+        posed["cameras"][name]["timestamp"] = 1533151603547590 + 8000 * step
+    return posed
+
+
+def test_per_camera_poses_give_the_grid_of_their_composed_extrinsics(client, frame):
+    """A frame whose cameras carry their own ego poses answers as the same frame with every sensor2ego
+    carried into the key camera's (CAM_FRONT_LEFT) ego by hand, inv(E_key) @ E_cam @ S_cam, and one pose."""
+    images, calib = frame
+    posed = _camera_poses(calib, moved=True)
+    key_ego2global = Pose(**posed["cameras"]["CAM_FRONT_LEFT"]["ego2global"]).matrix()
+    composed = json.loads(json.dumps(calib))
+    composed["ego2global"] = posed["cameras"]["CAM_FRONT_LEFT"]["ego2global"]
+    for name in CAMERA_NAMES:
+        camera = posed["cameras"][name]
+        by_hand = (np.linalg.inv(key_ego2global) @ Pose(**camera["ego2global"]).matrix()
+                   @ Pose(**camera["sensor2ego"]).matrix())
+        composed["cameras"][name]["sensor2ego"] = Pose.from_matrix(by_hand).model_dump()
+    np.testing.assert_array_equal(_grid(client, images, posed), _grid(client, images, composed))
+
+
+def test_per_camera_poses_change_the_grid_only_when_they_differ(client, frame, expected_grid):
+    images, calib = frame
+    np.testing.assert_array_equal(_grid(client, images, _camera_poses(calib, moved=False)), expected_grid)
+    assert not np.array_equal(_grid(client, images, _camera_poses(calib, moved=True)), expected_grid)
+
+
+def _grid(client, images, calib) -> np.ndarray:
+    response = post_frame(client, images, calib)
+    assert response.status_code == 200, response.text
+    return decode_dense(response.json()["occupancy"]["data"])
 
 
 # --- errors (API.md's table) ---------------------------------------------------------------------------
@@ -327,15 +362,6 @@ class SlowBackend:
 
     async def close(self):
         await self.inner.close()
-
-
-@asynccontextmanager
-async def serving(settings, build_backend=None):
-    app = create_app(settings, build_backend)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-            yield client
 
 
 def test_full_queue_is_503_with_retry_after(settings, frame):

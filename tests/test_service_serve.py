@@ -1,5 +1,6 @@
 """`occ serve` as a real process: start-up errors, no torch, and one frame over loopback HTTP."""
 
+import re
 import subprocess
 import sys
 
@@ -55,3 +56,13 @@ def test_served_grid_equals_onnxruntime_on_the_same_tensors(server):
     served = decode_dense(response.json()["occupancy"]["data"])
     assert np.count_nonzero(served != expected) == 0
     assert (served != 17).any()
+
+
+@pytest.mark.integration
+def test_occ_serve_logs_the_gateways_own_events(server, tmp_path):
+    """The service.* loggers reach the log, one line per event with time, level and logger; and OpenCV's
+    own pixel limit was set before cv2 was imported."""
+    log = (tmp_path / "server.log").read_text()
+    startup = r"^\S+ \S+ INFO service: serving \['fake'\] with backend embedded"
+    assert re.search(startup, log, re.MULTILINE), log
+    assert "INFO service.cli: images over 16777216 pixels are refused by their header and by OpenCV" in log

@@ -185,7 +185,7 @@ def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():
 
     async def attempt(backend):
         try:
-            return await backend.infer(MODEL, inputs)
+            return await backend.infer(backend.models[MODEL], inputs)
         except Exception as error:
             return error
 
@@ -206,6 +206,24 @@ def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():
 
     backend, client = scripted_backend(["StatusCode.NOT_FOUND"])
     assert isinstance(asyncio.run(attempt(backend)), BackendUnavailable) and len(client.calls) == 1
+
+
+def test_inputs_refused_after_a_swap_to_another_input_size_are_503_and_reread():
+    """Triton refuses tensors that do not fit the version it serves now (INVALID_ARGUMENT): a version with
+    another input size was swapped in after the request made its inputs. That is a 503 to retry, and the
+    served models are re-read at once, never a 500."""
+    backend, client = scripted_backend(["StatusCode.INVALID_ARGUMENT"])
+    rereads = []
+    backend._refresh_soon = lambda force=False: rereads.append(force)
+
+    async def attempt():
+        try:
+            return await backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE))
+        except Exception as error:
+            return error
+
+    assert isinstance(asyncio.run(attempt()), BackendUnavailable)
+    assert len(client.calls) == 1 and rereads == [True]
 
 
 def test_triton_slower_than_its_timeout_is_504(repository, triton, frame):
@@ -378,3 +396,33 @@ def test_occ_serve_with_the_triton_backend(triton, frame, tmp_path, monkeypatch,
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_a_restricted_triton_lets_only_key_holders_control_models(repository, monkeypatch):
+    """Triton started with a model-control key (as the Helm chart and compose start it): loading a model
+    and the gateway's discovery are refused without the key, with a message that says what to set;
+    with OCC_TRITON_KEY both work, and inference needs no key."""
+    from occupancy.errors import InputError
+    from occupancy.triton_access import TRITON_KEY_ENV
+    from training.publish import load_in_triton
+
+    http_port, grpc_port, metrics_port = free_ports(3)
+    key = "key-for-this-test-only"
+    server = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                         load_models=(MODEL,), exit_timeout_s=1, restricted_key=key)
+    server.start()
+    try:
+        server.wait_ready(timeout_s=60)
+        monkeypatch.delenv(TRITON_KEY_ENV, raising=False)
+        with pytest.raises(InputError, match="loading fake version 1 failed: This protocol is restricted"):
+            load_in_triton(server.grpc_url, MODEL, 1, timeout_s=10)
+        startup = {"backend": "triton", "triton_url": server.grpc_url, "triton_startup_timeout_s": 0.3}
+        with pytest.raises(InputError, match=f"refuses its model-control API.*set {TRITON_KEY_ENV}"):
+            TritonBackend.load(Settings(**startup))
+        monkeypatch.setenv(TRITON_KEY_ENV, key)
+        assert load_in_triton(server.grpc_url, MODEL, 1, timeout_s=30) >= 0
+        backend = TritonBackend.load(Settings(**startup))  # the key from the environment
+        answer = asyncio.run(backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE)))
+        assert answer.semantics.shape == (1, 200, 200, 16)
+    finally:
+        server.kill()

@@ -23,7 +23,7 @@ from occupancy.data_root import LABELS_FILE, read_labels
 from occupancy.errors import InputError
 from occupancy.geometry import pose_matrix
 from occupancy.metrics import OccupancyMetric
-from occupancy.preprocess import FAST, Resampling
+from occupancy.network_input import FAST, Resampling
 from occupancy.ray_metrics import THRESHOLDS_M, FramePose, RayMetric, ray_origins
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
 

@@ -8,6 +8,7 @@ beyond `keep` are deleted only once the new one is in place and, with a Triton U
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from occupancy.model_repository import (
     remove_version,
     write_version,
 )
+from occupancy.triton_access import TRITON_KEY_ENV, grpc_headers
 from training.export.triton_config import (
     check_contract,
     python_backend_source,
@@ -139,20 +141,22 @@ def _version_files(artifact: Artifact, runtime: Runtime) -> dict[str, Path]:
 
 def load_in_triton(url: str, name: str, version: int, timeout_s: float) -> float:
     """Ask Triton (explicit model control) to (re)load `name` and wait until `version` is ready;
-    seconds taken. InputError with Triton's reason if it refuses or is not ready within `timeout_s`."""
+    seconds taken. InputError with Triton's reason if it refuses or is not ready within `timeout_s`.
+    Where Triton restricts its model control, the key comes from the environment (OCC_TRITON_KEY)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     started = time.monotonic()
     client = grpcclient.InferenceServerClient(url)
+    headers = grpc_headers(os.environ.get(TRITON_KEY_ENV))  # Triton's model control may need its key
     try:
         # Triton loads the new version beside the old one and retires the old one only once the new
         # one is ready: requests keep being answered throughout.
-        client.load_model(name, client_timeout=timeout_s)
+        client.load_model(name, headers=headers, client_timeout=timeout_s)
         while not client.is_model_ready(name, str(version), client_timeout=5.0):
             if time.monotonic() - started > timeout_s:
                 raise InputError(f"--triton-url {url}: {name} version {version} not ready after "
-                                 f"{timeout_s:.0f} s ({_state(client, name, version)})")
+                                 f"{timeout_s:.0f} s ({_state(client, name, version, headers)})")
             time.sleep(0.1)
     except InferenceServerException as error:
         raise InputError(f"--triton-url {url}: loading {name} version {version} failed: "
@@ -162,9 +166,9 @@ def load_in_triton(url: str, name: str, version: int, timeout_s: float) -> float
     return time.monotonic() - started
 
 
-def _state(client, name: str, version: int) -> str:
+def _state(client, name: str, version: int, headers: dict[str, str] | None) -> str:
     """Triton's state and reason for one model version, from its repository index."""
-    for model in client.get_model_repository_index().models:
+    for model in client.get_model_repository_index(headers=headers).models:
         if model.name == name and model.version == str(version):
             return f"state {model.state or 'unknown'}: {model.reason or 'no reason given'}"
     return "Triton does not list this version"

@@ -8,6 +8,7 @@ from typing import ClassVar
 import numpy as np
 
 from occupancy.model_contract import ModelMetadata
+from service.core.errors import ErrorKind, GatewayError
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,19 @@ class Inference:
     model: ServedModel
 
 
-class BackendUnavailable(Exception):
-    """The backend cannot answer now (e.g. Triton is down or restarting): the request may be retried."""
+class BackendUnavailable(GatewayError):
+    """The backend cannot answer now (e.g. Triton is down or restarting): the request may be retried.
+    `reason` goes to the log only: it may name internal addresses."""
+
+    def __init__(self, reason: str):
+        super().__init__(ErrorKind.UNAVAILABLE, "backend: unavailable now, retry later", reason)
+
+
+class BackendTimeout(GatewayError, TimeoutError):
+    """The backend did not answer within its own deadline."""
+
+    def __init__(self, detail: str):
+        super().__init__(ErrorKind.TIMEOUT, detail)
 
 
 class Backend(ABC):
@@ -50,10 +62,12 @@ class Backend(ABC):
         """The served models by name, each at the version served now (it follows new versions)."""
 
     @abstractmethod
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Inference:
+    async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> Inference:
         """`semantics` of one batch and the version that answered; must not block the event loop.
 
-        Raises BackendUnavailable when the backend cannot answer now, TimeoutError when it did not in time.
+        `model` is what the request resolved (from `models`) and made its inputs for: a version swapped
+        in since must not run them with another input size. Raises BackendUnavailable when the backend
+        cannot answer now, BackendTimeout when it did not in time.
         """
 
     @abstractmethod

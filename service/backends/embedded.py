@@ -1,14 +1,16 @@
 """Backend `embedded`: the exported ONNX models run in this process with ONNX Runtime.
 
 It follows the repository: every `watch_interval_s` a thread looks at each served model's newest
-version, loads it, answers one dummy frame with it, and only then swaps it in. Requests already running
-finish on the session they started with, so no request fails during a swap.
+version, loads it, answers one dummy frame with it, and only then swaps it in. A request runs on the
+session of the version it resolved when it arrived (its inputs are made for that version's input
+size), so no request fails during a swap.
 """
 
 import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import onnxruntime as ort
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
 from occupancy.model_repository import ModelVersions, require_models, scan_repository
-from service.backends.base import Backend, Inference, ServedModel
+from service.backends.base import Backend, BackendUnavailable, Inference, ServedModel
 from service.backends.watch import Poller, warmup_inputs
 from service.core.config import Settings
 
@@ -39,8 +41,9 @@ class _Loaded:
 class EmbeddedBackend(Backend):
     """One InferenceSession per served model (its highest version), run on a bounded thread pool.
 
-    The pool has `max_concurrent` threads: a caller that gives up (timeout) cancels its job if it has
-    not started yet, so abandoned work never piles up; a running ONNX Runtime call cannot be interrupted.
+    The pool has `max_concurrent` threads, one per admission slot. A running ONNX Runtime call cannot
+    be interrupted: a request that timed out keeps its slot until its call ends (service.core.admission),
+    so abandoned work never piles up.
     """
 
     kind = "embedded"
@@ -49,7 +52,12 @@ class EmbeddedBackend(Backend):
                  watch_interval_s: float = 0.0):
         self._root, self._options = root, options
         # Replaced as a whole on a swap, never mutated: readers on other threads need no lock.
-        self._loaded = dict(loaded)
+        self._loaded: dict[str, _Loaded] = {}
+        # Sessions by the identity of a ServedModel: while a request holds the model it resolved, that
+        # version's session stays here, also after a newer version replaced it in `_loaded`.
+        self._sessions: dict[int, ort.InferenceSession] = {}
+        for name, entry in loaded.items():
+            self._replace(name, entry)
         self._failed: set[tuple[str, Stamp]] = set()  # versions that did not load: not retried
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="occ-ort")
         self._poller = Poller(self.refresh, watch_interval_s, "occ-watch") if watch_interval_s else None
@@ -71,13 +79,15 @@ class EmbeddedBackend(Backend):
     def models(self) -> Mapping[str, ServedModel]:
         return {name: entry.model for name, entry in self._loaded.items()}
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Inference:
-        entry = self._loaded[model]  # this version answers, even if a newer one is swapped in meanwhile
+    async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> Inference:
+        session = self._sessions.get(id(model))
+        if session is None:
+            raise BackendUnavailable(f"model {model.name} version {model.version} is not loaded here")
         feeds = {name: inputs[name] for name in contract.INPUT_NAMES}
         outputs = await asyncio.get_running_loop().run_in_executor(
-            self._executor, entry.session.run, [contract.SEMANTICS], feeds
+            self._executor, session.run, [contract.SEMANTICS], feeds
         )
-        return Inference(outputs[0], entry.model)
+        return Inference(outputs[0], model)
 
     def refresh(self) -> list[str]:
         """Swap in the newest version of every model whose newest version changed, and start serving a
@@ -104,12 +114,23 @@ class EmbeddedBackend(Backend):
                 continue
             self._replace(name, fresh)
             swapped.append(name)
-            replaced = f"replaces {current.model.version}" if current else "is now served (a new model)"
-            log.info("model %s: version %s %s (loaded and warmed up in %.2f s)", name, fresh.model.version,
-                     replaced, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if current is None:
+                log.info("model %s: version %s is now served, a new model (loaded and warmed up in %.2f s)",
+                         name, fresh.model.version, seconds)
+            elif entry.latest < int(current.model.version):
+                log.warning("model %s: version %s disappeared from the repository, rolled back to version %s "
+                            "(loaded and warmed up in %.2f s)", name, current.model.version,
+                            fresh.model.version, seconds)
+            else:
+                log.info("model %s: version %s replaces %s (loaded and warmed up in %.2f s)", name,
+                         fresh.model.version, current.model.version, seconds)
         return swapped
 
     def _replace(self, name: str, entry: _Loaded) -> None:
+        key = id(entry.model)
+        self._sessions[key] = entry.session
+        weakref.finalize(entry.model, self._sessions.pop, key, None)  # once no request holds the model
         self._loaded = {**self._loaded, name: entry}
 
     async def ready(self) -> bool:
@@ -119,7 +140,7 @@ class EmbeddedBackend(Backend):
         if self._poller is not None:
             await asyncio.to_thread(self._poller.stop)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._loaded = {}
+        self._loaded, self._sessions = {}, {}
 
 
 def _stamp(entry: ModelVersions) -> Stamp:

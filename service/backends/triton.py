@@ -13,8 +13,12 @@ Failures, mapped to what the HTTP API answers:
   BackendUnavailable (503 with Retry-After). The gRPC channel reconnects within a second once Triton
   is back, so the gateway recovers without a restart.
 - NOT_FOUND (the model is not loaded): BackendUnavailable at once.
-- DEADLINE_EXCEEDED (`triton_timeout_s` spent): TimeoutError (504), never retried: Triton may still be
+- DEADLINE_EXCEEDED (`triton_timeout_s` spent): BackendTimeout (504), never retried: Triton may still be
   computing it, and another try would only add load.
+- INVALID_ARGUMENT: Triton refused the tensors, which the gateway made for the version it knew; Triton
+  has swapped in a version with another input size since. Triton never runs a version on inputs of
+  another shape, so the request answers 503 with Retry-After and the models are re-read at once.
+The reasons (with Triton's address) go to the log; clients are told only that the backend is unavailable.
 """
 
 import asyncio
@@ -31,8 +35,10 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
+from occupancy.triton_access import TRITON_KEY_ENV, grpc_headers
 from service.backends.base import (
     Backend,
+    BackendTimeout,
     BackendUnavailable,
     Inference,
     ServedModel,
@@ -54,6 +60,7 @@ SEMANTICS_DATATYPE = "UINT8"
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
 NOT_FOUND = "StatusCode.NOT_FOUND"
 DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
+INVALID_ARGUMENT = "StatusCode.INVALID_ARGUMENT"
 PROBE_TIMEOUT_S = 1.0  # readiness and metadata calls: a healthy Triton answers in milliseconds
 MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -96,8 +103,10 @@ class TritonBackend(Backend):
         client = grpcclient.InferenceServerClient(settings.triton_url, channel_args=CHANNEL_ARGS)
         try:
             names = _wait_for_models(client, settings)
-            models = {name: _describe(client.get_model_metadata(name), client.get_model_config(name),
-                                      settings.triton_url) for name in names}
+            headers = _key_headers(settings)
+            models = {name: _describe(client.get_model_metadata(name),
+                                      client.get_model_config(name, headers=headers), settings.triton_url)
+                      for name in names}
         except InferenceServerException as error:
             raise InputError(f"--triton-url {settings.triton_url}: {error.message()}") from None
         finally:
@@ -110,12 +119,12 @@ class TritonBackend(Backend):
     def models(self) -> Mapping[str, ServedModel]:
         return self._models
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Inference:
+    async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> Inference:
         tensors = [_infer_input(name, inputs[name]) for name in contract.INPUT_NAMES]
-        result = await self._infer_with_retries(model, tensors)
+        result = await self._infer_with_retries(model.name, tensors)
         semantics = result.as_numpy(contract.SEMANTICS)
         version = result.get_response().model_version
-        served = self._models[model]
+        served = self._models[model.name]
         if version and version != served.version:
             self._refresh_soon(force=True)  # Triton serves another version now: learn about it
             served = dataclasses.replace(served, version=version)
@@ -134,9 +143,14 @@ class TritonBackend(Backend):
             except InferenceServerException as error:
                 status = error.status()
                 if status == DEADLINE_EXCEEDED:
-                    raise TimeoutError(f"triton: no answer within {settings.triton_timeout_s} s") from error
+                    message = f"backend: no answer within {settings.triton_timeout_s} s"
+                    raise BackendTimeout(message) from error
                 if status == NOT_FOUND:
                     raise BackendUnavailable(f"triton does not serve {model!r} now") from error
+                if status == INVALID_ARGUMENT:
+                    self._refresh_soon(force=True)
+                    raise BackendUnavailable(f"triton refused the inputs for {model!r}, the version it "
+                                             f"serves changed: {error.message()}") from error
                 if status != UNAVAILABLE:
                     raise
                 wait = settings.triton_retry_backoff_s * 2**attempt
@@ -187,15 +201,19 @@ class TritonBackend(Backend):
         for name, served in self._models.items():
             try:
                 metadata = await client.get_model_metadata(name, client_timeout=PROBE_TIMEOUT_S)
-                config = await client.get_model_config(name, client_timeout=PROBE_TIMEOUT_S)
+                config = await client.get_model_config(name, headers=_key_headers(self._settings),
+                                                       client_timeout=PROBE_TIMEOUT_S)
                 models[name] = _describe(metadata, config, self._settings.triton_url)
             except (InferenceServerException, InputError) as error:
                 log.warning("model %s: keeping version %s, re-reading it failed: %s",
                             name, served.version, error)
         for name, model in models.items():
-            if model.version != self._models[name].version:
-                log.info("model %s: triton serves version %s (was %s)", name, model.version,
-                         self._models[name].version)
+            was = self._models[name].version
+            if int(model.version) < int(was):
+                log.warning("model %s: version %s disappeared, triton rolled back to version %s", name, was,
+                            model.version)
+            elif model.version != was:
+                log.info("model %s: triton serves version %s (was %s)", name, model.version, was)
         self._models = models
 
 
@@ -206,7 +224,8 @@ def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Setting
     while True:
         try:
             if client.is_server_ready(client_timeout=PROBE_TIMEOUT_S):
-                index = client.get_model_repository_index(client_timeout=PROBE_TIMEOUT_S)
+                index = client.get_model_repository_index(headers=_key_headers(settings),
+                                                          client_timeout=PROBE_TIMEOUT_S)
                 ready = sorted({model.name for model in index.models if model.state == "READY"})
                 wanted = [settings.default_model] if settings.default_model else ready
                 if wanted and set(wanted) <= set(ready):
@@ -216,10 +235,18 @@ def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Setting
                 problem += "--triton-url` or tritonserver --load-model)"
         except InferenceServerException as error:
             problem = f"does not answer ({error.message()})"
+            if "restricted" in error.message():
+                problem = (f"refuses its model-control API ({error.message()}): set {TRITON_KEY_ENV} to the "
+                           "key Triton was started with")
         if time.monotonic() >= deadline:
             raise InputError(f"--triton-url {settings.triton_url}: {problem} after "
                              f"{settings.triton_startup_timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _key_headers(settings: Settings) -> dict[str, str] | None:
+    """Headers of Triton's restricted calls (model config, repository index): the key, where one is set."""
+    return grpc_headers(None if settings.triton_key is None else settings.triton_key.get_secret_value())
 
 
 def _describe(

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from occupancy.preprocess import FAST, Resampling
+from occupancy.network_input import FAST, Resampling
 
 # The Triton-layout model repository committed next to the code: <name>/config.pbtxt, <name>/<version>/.
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -29,9 +29,16 @@ class Settings(BaseSettings):
     triton_retries: int = Field(2, ge=0, description="retries of an inference Triton refused as UNAVAILABLE")
     triton_retry_backoff_s: float = Field(0.05, ge=0, description="first retry's wait; doubles each retry")
     triton_startup_timeout_s: float = Field(30.0, ge=0, description="wait for Triton and its models at start")
+    # Triton's restricted model-control APIs (occupancy.triton_access): the key it was started with.
+    triton_key: SecretStr | None = Field(None, description="sent on Triton's restricted calls")
 
     max_body_bytes: int = Field(64 * 2**20, gt=0, description="whole request body, bytes")
-    # Checked from the JPEG/PNG header before decoding, so a decompression bomb is never decoded.
+    body_timeout_s: float = Field(30.0, gt=0, description="to receive the whole body; beyond it, 408")
+    # Bodies being received and parsed at once (before admission); beyond it, 503. The memory they hold
+    # is at most max_uploads x max_body_bytes (x 2 while a JSON body's base64 is decoded).
+    max_uploads: int = Field(8, ge=1, description="bodies received and parsed at the same time")
+    # Checked from the JPEG/PNG header before decoding, so a decompression bomb is never decoded; `occ
+    # serve` also sets OpenCV's own limit (OPENCV_IO_MAX_IMAGE_PIXELS) to it.
     max_pixels: int = Field(4096 * 4096, gt=0, description="width x height of any one image")
     request_timeout_s: float = Field(30.0, gt=0, description="queue wait + decode + inference + encode")
     # fast: reduced JPEG decoding and OpenCV resampling; reference: a full decode and PIL's bicubic resize,
@@ -43,6 +50,8 @@ class Settings(BaseSettings):
     max_concurrent: int = Field(1, ge=1, description="frames processed at the same time")
     max_queue: int = Field(8, ge=0, description="frames waiting for a slot; beyond that, 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Comma-separated in the environment; empty: no authentication.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()

@@ -5,18 +5,25 @@ Every series carries the `backend` label (`embedded`, `triton`), so dashboards c
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from service.backends.base import ServedModel
 
 STAGES: tuple[str, ...] = ("decode", "preprocess", "inference", "encode", "total")
 # 1 ms .. 30 s, roughly x2.5 per bucket.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 )
+
+
+class DescribedModel(Protocol):
+    """What `occ_model_info` shows of a served model (service.backends.base.ServedModel has it)."""
+
+    name: str
+    version: str
+    config: str
 
 
 @dataclass
@@ -38,6 +45,7 @@ class Metrics:
                                registry=r).labels(self.backend)
         self.queued = Gauge("occ_requests_queued", "Frames waiting for a processing slot.", ("backend",),
                             registry=r).labels(self.backend)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open file descriptors
 
     def count_request(self, model: str, status: int, encoding: str) -> None:
         self.requests.labels(backend=self.backend, model=model, status=str(status), encoding=encoding).inc()
@@ -49,7 +57,7 @@ class Metrics:
         for stage, milliseconds in timings_ms.items():
             self.stage_latency.labels(backend=self.backend, stage=stage).observe(milliseconds / 1000.0)
 
-    def follow_models(self, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+    def follow_models(self, models: Callable[[], Mapping[str, DescribedModel]]) -> None:
         """Export `occ_model_info` from `models()` at every scrape, so a new version shows at once."""
         self.registry.register(_ModelInfo(self.backend, models))
 
@@ -57,7 +65,7 @@ class Metrics:
 class _ModelInfo(Collector):
     """occ_model_info{name, version, backend, config} = 1 for each model served now."""
 
-    def __init__(self, backend: str, models: Callable[[], Mapping[str, ServedModel]]):
+    def __init__(self, backend: str, models: Callable[[], Mapping[str, DescribedModel]]):
         self._backend, self._models = backend, models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from occupancy.preprocess import FAST, RESAMPLINGS
+from occupancy.network_input import FAST, RESAMPLINGS
 
 HELP = ("Evaluate occupancy (Occ3D per-class IoU and mIoU, SparseOcc's RayIoU at 1, 2 and 4 m): "
         "a checkpoint, an ONNX model or saved predictions.")

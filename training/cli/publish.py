@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint to export first (with --config)")
     parser.add_argument("--config", help="model config name of --checkpoint")
     parser.add_argument("--keep", type=int, help="keep only the newest K versions (default: all)")
-    parser.add_argument("--triton-url", help="Triton gRPC HOST:PORT: load the new version, wait until ready")
+    parser.add_argument("--triton-url", help="Triton gRPC HOST:PORT: load the new version, wait until ready "
+                        "(where Triton restricts model control, with the key in $OCC_TRITON_KEY)")
     parser.add_argument("--backend-kind", choices=[runtime.value for runtime in Runtime], metavar="KIND",
                         help=f"{', '.join(runtime.value for runtime in Runtime)} (default: as the model is "
                              "served now, else by the source)")

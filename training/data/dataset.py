@@ -32,15 +32,8 @@ from occupancy.geometry import (
 )
 from occupancy.image_header import image_kind, image_size
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
-from occupancy.preprocess import (
-    FAST,
-    NORMALIZE_MEAN,
-    NORMALIZE_STD,
-    ImageTransform,
-    Resampling,
-    Size,
-    model_input_image,
-)
+from occupancy.network_input import FAST, NORMALIZE_MEAN, NORMALIZE_STD, Resampling
+from occupancy.preprocess import ImageTransform, Size, model_input_image
 from training.batch import CameraBatch, OccupancyTargets
 from training.data.augment import (
     AugmentConfig,

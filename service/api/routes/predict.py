@@ -3,11 +3,12 @@
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from occupancy.cameras import CAMERA_NAMES
@@ -18,16 +19,17 @@ from occupancy.encoding import (
     encode_npy,
     encode_occupancy_json,
 )
-from occupancy.errors import InputError
 from service.api.deps import StateDep
 from service.api.schemas import Detail, ModelRef, PredictResponse, Timing, grid_info
-from service.backends.base import BackendUnavailable
-from service.core.admission import Overloaded
-from service.core.state import AppState
+from service.backends.base import ServedModel
+from service.core.errors import ErrorKind, GatewayError
+from service.images import ImageHeader
 from service.pipeline import check_headers, prepare_inputs
-from service.request_body import CALIBRATION_PART, read_frame
+from service.request_body import CALIBRATION_PART, MAX_PARTS, Frame, read_frame
+from service.state import AppState
 
 router = APIRouter(tags=["predict"])
+PREDICT_PATH = "/predict"
 
 Encoding = Literal["dense", "sparse"]
 _ENCODINGS = {"dense": DENSE_ENCODING, "sparse": SPARSE_ENCODING}
@@ -54,20 +56,22 @@ _REQUEST_BODY = {
 _ERRORS = {
     code: {"model": Detail, "description": description}
     for code, description in {
-        400: "malformed multipart or JSON, undecodable image",
+        400: "malformed multipart or JSON (or JSON nested too deeply), undecodable image",
         401: "missing or wrong API key, where keys are configured",
         404: "unknown model",
-        413: "body over the limit, or an image with more pixels than allowed (read from its header)",
+        408: "the body was not received within the upload timeout",
+        413: f"body over the limit, more than {MAX_PARTS} parts, or an image with more pixels than allowed "
+             "(read from its header)",
         415: "unsupported content type or image type",
         422: "schema violation: cameras missing or duplicated, bad calibration, temporal fields missing",
-        503: "overloaded (wait queue full) or the backend unavailable; see Retry-After",
+        503: "overloaded (wait queue full, too many uploads) or the backend unavailable; see Retry-After",
         504: "the backend did not answer within the request timeout",
     }.items()
 }
 
 
 @router.post(
-    "/predict",
+    PREDICT_PATH,
     openapi_extra={"requestBody": _REQUEST_BODY},
     responses={200: {"model": PredictResponse, "content": {NPY_MEDIA_TYPE: {}}}, **_ERRORS},
     response_class=Response,
@@ -82,55 +86,10 @@ async def predict(
     """One frame in, one occupancy grid out."""
     started = time.perf_counter()
     npy = _accepts_npy(accept)
-    # Only served names become label values: a client must not be able to mint new series.
-    name = model or state.default_model
-    label = {"model": name if name in state.backend.models else "unknown",
-             "encoding": "npy" if npy else encoding}
-    code = status.HTTP_500_INTERNAL_SERVER_ERROR
-    try:
-        response = await _predict(request, state, model, _ENCODINGS[encoding], npy, started)
-        code = response.status_code
-        return response
-    except HTTPException as error:
-        code = error.status_code
-        raise
-    finally:
-        state.metrics.count_request(status=code, **label)
-
-
-async def _predict(
-    request: Request, state: AppState, model_name: str | None, encoding: str, npy: bool, started: float
-) -> Response:
-    served = state.model(model_name)
-    settings = state.settings
-    frame = await read_frame(request, settings.max_body_bytes)
-    if served.temporal:
-        try:
-            frame.calibration.require_temporal()
-        except InputError as error:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from error
-    headers = check_headers(frame, settings.max_pixels)
-    try:
-        async with asyncio.timeout(settings.request_timeout_s), state.admission.slot():
-            inputs, timings = await run_in_threadpool(prepare_inputs, frame, headers, served.input_size,
-                                                      settings.resampling)
-            inference_started = time.perf_counter()
-            answer = await state.backend.infer(served.name, inputs)
-            grid, served = answer.semantics[0], answer.model  # the version that answered
-            timings["inference"] = 1000 * (time.perf_counter() - inference_started)
-            encode_started = time.perf_counter()
-            encoder = encode_npy if npy else partial(_occupancy_json, encoding=encoding)
-            body = await run_in_threadpool(encoder, grid)
-            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
-    except Overloaded as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "server: overloaded, the wait queue is full",
-                            headers={"Retry-After": str(settings.retry_after_s)}) from error
-    except BackendUnavailable as error:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"backend: unavailable ({error})",
-                            headers={"Retry-After": str(settings.retry_after_s)}) from error
-    except TimeoutError as error:
-        message = f"backend: no answer within the request timeout of {settings.request_timeout_s} s"
-        raise HTTPException(status.HTTP_504_GATEWAY_TIMEOUT, message) from error
+    served = state.model(model)  # this version answers, even if another is swapped in meanwhile
+    encoder = encode_npy if npy else partial(encode_occupancy_json, encoding=_ENCODINGS[encoding])
+    frame, headers = await _read_checked(request, state, served)
+    body, served, timings = await _compute(request, state, served, frame, headers, encoder)
     timings["total"] = 1000 * (time.perf_counter() - started)
     state.metrics.observe_timings(timings)
     state.metrics.count_frame(served.name)
@@ -149,9 +108,60 @@ async def _predict(
                     headers={"Server-Timing": server_timing})
 
 
-def _occupancy_json(grid: np.ndarray, encoding: str) -> bytes:
-    """The `occupancy` object serialised: the encode stage times all of it (a sparse list is mostly JSON)."""
-    return encode_occupancy_json(grid, encoding)
+async def _read_checked(
+    request: Request, state: AppState, served: ServedModel
+) -> tuple[Frame, dict[str, ImageHeader]]:
+    """The request's frame and its images' headers, checked as far as they can be before admission."""
+    with state.uploads.hold():
+        frame = await read_frame(request, state.settings.max_body_bytes, state.settings.body_timeout_s)
+    if served.temporal:
+        frame.calibration.require_temporal()  # InputError: 422
+    return frame, check_headers(frame, state.settings.max_pixels)
+
+
+async def _compute(
+    request: Request, state: AppState, served: ServedModel, frame: Frame, headers: dict[str, ImageHeader],
+    encoder: Callable[[np.ndarray], bytes],
+) -> tuple[bytes, ServedModel, dict[str, float]]:
+    """The encoded grid, the version that answered and the stage times (ms), within one admission slot and
+    the request timeout; a stage starts only while the client is still connected."""
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    try:
+        async with state.admission.slot(deadline) as slot:
+            await _still_connected(request)
+            inputs, timings = await slot.run(partial(
+                run_in_threadpool, prepare_inputs, frame, headers, served.input_size, state.decoder,
+                state.settings.resampling))
+            await _still_connected(request)
+            inference_started = time.perf_counter()
+            answer = await slot.run(partial(state.backend.infer, served, inputs))
+            timings["inference"] = 1000 * (time.perf_counter() - inference_started)
+            await _still_connected(request)
+            encode_started = time.perf_counter()
+            body = await slot.run(partial(run_in_threadpool, encoder, answer.semantics[0]))
+            timings["encode"] = 1000 * (time.perf_counter() - encode_started)
+    except GatewayError:
+        raise  # a backend's own timeout (BackendTimeout) is a TimeoutError too, with its own message
+    except TimeoutError as error:
+        message = f"backend: no answer within the request timeout of {state.settings.request_timeout_s} s"
+        raise GatewayError(ErrorKind.TIMEOUT, message) from error
+    return body, answer.model, timings
+
+
+def request_labels(request: Request, state: AppState) -> dict[str, str]:
+    """`model` and `encoding` labels of a predict request's occ_requests_total series. Only served model
+    names and the API's encodings become label values: a client must not be able to mint new series."""
+    name = request.query_params.get("model") or state.default_model
+    encoding = request.query_params.get("encoding", "dense")
+    return {"model": name if name in state.backend.models else "unknown",
+            "encoding": "npy" if _accepts_npy(request.headers.get("accept"))
+            else encoding if encoding in _ENCODINGS else "invalid"}
+
+
+async def _still_connected(request: Request) -> None:
+    """CLIENT_GONE once the client has disconnected: the stages after it would compute for no one."""
+    if await request.is_disconnected():
+        raise GatewayError(ErrorKind.CLIENT_GONE, "client: disconnected before the answer")
 
 
 def _splice(head: dict[str, Any], key: str, raw_json: bytes) -> bytes:
