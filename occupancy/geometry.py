@@ -66,6 +66,19 @@ def invert_rigid(transform: np.ndarray) -> np.ndarray:
     return inverse
 
 
+def sensor_to_key_ego(sensor2ego: np.ndarray, ego2global: np.ndarray, key_ego2global: np.ndarray,
+                      ) -> np.ndarray:
+    """A camera -> the key frame's ego, ... x 4 x 4 float64: inv(key_ego2global) @ ego2global @ sensor2ego.
+
+    nuScenes cameras fire at different times, each with its own ego pose; the reference carries every
+    camera (of the key frame and of the frames before it) into one ego frame, that of the key frame's
+    first camera (CAM_FRONT_LEFT), with the camera's own ego pose (BEVDet `prepare_inputs`).
+    """
+    sensor2ego, ego2global, key_ego2global = (np.asarray(m, dtype=np.float64)
+                                              for m in (sensor2ego, ego2global, key_ego2global))
+    return np.linalg.inv(key_ego2global) @ ego2global @ sensor2ego
+
+
 def camera_to_pixels(points_cam: np.ndarray, intrinsic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pinhole projection of camera-frame points (..., 3) (x right, y down, z forward, metres).
 

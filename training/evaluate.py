@@ -26,9 +26,10 @@ Predictions = Iterator[tuple[SampleBatch, np.ndarray]]  # a batch and its B x X 
 
 
 def eval_loader(data_root: Path, split: str, input_size: tuple[int, int], batch_size: int,
-                num_workers: int) -> DataLoader:
-    """The split's frames with the test-time transform, in index order."""
-    dataset = OccupancyDataset(data_root, split, input_size)
+                num_workers: int, history_frames: int = 0) -> DataLoader:
+    """The split's frames with the test-time transform, in index order; with `history_frames`, each with
+    the frames before it (temporal models, as the reference's test pipeline loads them)."""
+    dataset = OccupancyDataset(data_root, split, input_size, history_frames=history_frames)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate)
 

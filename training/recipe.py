@@ -44,3 +44,6 @@ class TrainRecipe:
 DEMO_TINY_RECIPE = TrainRecipe(lr=2e-3, warmup_iters=50, ema_init_updates=0, batch_size=2, global_batch=None,
                                max_epochs=30, cosine_min_ratio=0.01,
                                augment=AugmentConfig(resize_lim=(-0.03, 0.055)), mixed_precision=True)
+
+# demo-tiny-4d-stereo: demo-tiny's recipe (the same data, the same 60-minute-class CPU budget).
+DEMO_TINY_4D_STEREO_RECIPE = DEMO_TINY_RECIPE

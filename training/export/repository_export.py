@@ -87,6 +87,9 @@ def export_to_repository(
     failed parity check or (TensorRT) a machine without TensorRT 10 and a GPU; nothing is written then.
     """
     config = get_config(config_name)
+    if config.temporal:
+        raise InputError(f"{config.name}: a temporal (4D) model takes the frames before as state; exporting "
+                         "those is not built yet")
     serving = ServingOptions(export_format, max_batch, workspace_gb, Path(timing_cache))
     if export_format not in FORMATS:
         raise InputError(f"--format {export_format!r}: expected one of {', '.join(FORMATS)}")
