@@ -287,6 +287,17 @@ def test_a_static_scene_with_the_frame_repeated_equals_the_cold_start(aavt):
         torch.testing.assert_close(model(drive.batch(2)), cold, rtol=1e-4, atol=1e-5)
 
 
+def test_the_bev_encoder_sees_t_minus_1_then_t_as_the_reference_concatenates():
+    model = _built(_stream_config(False))
+    seen = []
+    model.img_bev_encoder_backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    batch = Sequence(1, model.img_view_transformer.input_size).batch(0)
+    previous, key = torch.randn(1, 8, 20, 20), torch.randn(1, 8, 20, 20)
+    with torch.no_grad():
+        model.fuse(previous, key, batch.sensor2ego, batch)
+    assert torch.equal(seen[0], torch.cat([previous, key], 1))
+
+
 def test_stream_needs_the_previous_cameras_with_a_state():
     model = _built(_stream_config(False))
     batch = Sequence(1, model.img_view_transformer.input_size).batch(0)

@@ -239,14 +239,20 @@ class OccupancyDataset(Dataset):
         that camera, as the reference's `img_transform_core` on the adjacent images) and every camera,
         the key frame's included, in the key frame's ego."""
         key_ego2global = pose_matrix(**entry["cameras"][KEY_CAMERA]["ego2global"])
-        images = [np.stack([transformed_image(self._camera_image(frame, name)[0], transform,
-                                              self.data_root / frame["cameras"][name]["image_path"])
-                            for name, transform in zip(CAMERA_NAMES, transforms, strict=True)])
+        # A scene's first frames repeat the key frame: its images are decoded already.
+        images = [sample.images if frame is entry else self._frame_images(frame, transforms)
                   for frame in history]
         poses = [cameras_to_key_ego(frame, key_ego2global) for frame in [entry, *history]]
-        return replace(sample, sensor2ego=torch.from_numpy(poses[0]),
-                       history_images=torch.from_numpy(np.stack(images)),
+        return replace(sample, sensor2ego=torch.from_numpy(poses[0]), history_images=torch.stack(images),
                        history_sensor2ego=torch.from_numpy(np.stack(poses[1:])))
+
+    def _frame_images(self, entry: SampleEntry, transforms: list[ImageTransform]) -> Tensor:
+        """N x 3 x H x W uint8: a frame's images, each through the given camera's transform."""
+        images = []
+        for name, transform in zip(CAMERA_NAMES, transforms, strict=True):
+            data, _, path = self._camera_image(entry, name)
+            images.append(transformed_image(data, transform, path))
+        return torch.from_numpy(np.stack(images))
 
     def _depth_maps(self, entry: SampleEntry, transforms: list[ImageTransform]) -> Tensor:
         """N x H x W depth maps at input pixels, each camera's depth points through its transform."""

@@ -128,7 +128,8 @@ class LSSViewTransformerBEVStereo(LSSViewTransformer):
             curr2prev: B x N x 4 x 4, each current camera -> the same camera in the previous frame.
             geometry: intrinsics and image transform (shared by both frames).
         """
-        with torch.no_grad():  # as the reference (BEVDet issue 278): no gradient through the matching
+        # As the reference (BEVDet issue 278): no gradient through the matching, and in float32.
+        with torch.no_grad(), torch.autocast(curr.device.type, enabled=False):
             image_size = (curr.shape[2] * self.stereo_stride, curr.shape[3] * self.stereo_stride)
             grid = sampling_grid(self.cv_frustum, curr2prev, geometry.intrinsics, geometry.post_rots,
                                  geometry.post_trans, image_size)

@@ -57,11 +57,13 @@ def shift_feature(bev: Tensor, key_camera: Tensor, adjacent_camera: Tensor, bda:
             in the key ego.
         bda: B x 3 x 3 BEV augmentation, applied to both.
         grid: the BEV grid (cell size and lower bounds of x and y).
+
+    In float32, as the reference's `@force_fp32`.
     """
+    bev, key_camera, adjacent_camera, bda = (t.float() for t in (bev, key_camera, adjacent_camera, bda))
     b, _, size_y, size_x = bev.shape
-    bda4 = torch.zeros(b, 4, 4, dtype=bev.dtype, device=bev.device)
-    bda4[:, :3, :3] = bda
-    bda4[:, 3, 3] = 1
+    # [[bda, 0], [0, 1]]; the last row of any affine transform is [0, 0, 0, 1].
+    bda4 = torch.cat([torch.cat([bda, bda.new_zeros(b, 3, 1)], -1), key_camera[:, 3:]], -2)
     keyego2adjego = (bda4 @ key_camera) @ invert_affine(bda4 @ adjacent_camera)
     planar = keyego2adjego[:, [0, 1, 3]][:, :, [0, 1, 3]]  # x, y and the translation; z dropped
     (x0, _, vx), (y0, _, vy) = grid.x, grid.y
@@ -287,7 +289,7 @@ class BEVStereo4DOCC(_TemporalOccupancy):
         return self.occ_head(bev)
 
     def losses(self, output: Tensor, targets: OccupancyTargets) -> dict[str, Tensor]:
-        return {"loss_occ": self.occ_head.loss(output, targets)}
+        return {"loss_occ": self.occ_head.loss(output.float(), targets)}
 
     def classes(self, output: Tensor) -> Tensor:
         return output.argmax(-1)
