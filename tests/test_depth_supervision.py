@@ -200,9 +200,14 @@ def test_depth_loss_ignores_pixels_without_depth():
     assert (grad_norm[supervised] > 0).all()
 
 
-def test_configs_weight_depth_only_in_demo_tiny():
-    assert CONFIGS["demo-tiny"].depth_loss_weight == 3.0
-    assert all(c.depth_loss_weight == 0.0 for name, c in CONFIGS.items() if name != "demo-tiny")
+def test_configs_weight_depth_in_the_demos_and_the_stereo_configs_only():
+    """The single-frame reference configs have no depth loss; BEVStereo4D's has weight 0.05
+    (`loss_depth_weight` of every 4D-Stereo config); the demos take BEVDepth's 3."""
+    demos = {"demo-tiny", "demo-tiny-4d-stereo"}
+    assert all(CONFIGS[name].depth_loss_weight == 3.0 for name in demos)
+    for name, config in CONFIGS.items():
+        if name not in demos:
+            assert config.depth_loss_weight == (0.05 if config.temporal else 0.0), name
 
 
 def test_demo_tiny_step_with_depth_supervision_learns(root, tmp_path):

@@ -449,6 +449,23 @@ def test_r50_config_full_size_three_frame_forward(name, tmp_path):
     assert classes.min() >= 0 and classes.max() <= FREE_CLASS
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", R50_CONFIGS[:2])  # the third is the second's network without nerf_head
+def test_r50_config_streams_the_offline_grids_at_full_size(name):
+    model = _built(CONFIGS[name])
+    drive = Sequence(3, CONFIGS[name].input_size, seed=6)
+    state = None
+    with torch.no_grad():
+        for frame in range(3):
+            batch = drive.batch(frame)
+            previous = None if frame == 0 else drive.cameras_in(frame - 1, frame)
+            streamed, state = model.stream(batch, state, previous)
+            offline = model(batch)
+            torch.testing.assert_close(streamed.density, offline.density, rtol=1e-4, atol=1e-4)
+            agreement = (model.classes(streamed) == model.classes(offline)).float().mean()
+            assert agreement >= 0.999, (frame, agreement)
+
+
 # --- Swin-B ------------------------------------------------------------------------------------------
 def test_swin_imagenet_checkpoint_loads_through_the_layers_remap():
     """An official-layout state dict (layers.*, attn.*, mlp.fc*, the official patch-merging order) maps

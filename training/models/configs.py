@@ -11,7 +11,7 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -260,6 +260,32 @@ SEED_M5 = {
 SWIN_B_512X1408 = {"input_size": (512, 1408), "backbone": SwinConfig(), "neck_channels": 512,
                    "depth_loss_weight": 0.05}
 
+# Our own: trains on a 2-core CPU in half an hour. Small ImageNet-free ResNet-18 at 128x352
+# with stride-8 features (FPN over stages 2-4), 1 m depth bins, a 100x100 BEV at 0.8 m (a
+# quarter of the pooling and encoder work); the encoder stays at 100x100 and a bilinear x2
+# brings it to the head's 200x200, which keeps FlashOcc's channel-to-height head and the
+# Occ3D output grid. Depth-supervised, and with MonoScene's class-affinity loss, without
+# which the few object voxels among the free ones are never predicted in a short run.
+DEMO_TINY = ModelConfig(
+    name="demo-tiny",
+    description="small FlashOcc-style model for CPU training, demos and tests (200x200x16 output)",
+    reference="",
+    input_size=(128, 352),
+    downsample=8,
+    backbone=ResNetConfig(depth=18, base_channels=32, out_indices=(1, 2, 3), with_cp=False),
+    neck_channels=64,
+    bev_channels=32,
+    pool_grid=VoxelGridConfig(x=(-40.0, 40.0, 0.8), y=(-40.0, 40.0, 0.8), z=(-1.0, 5.4, 6.4)),
+    depth_bins=DepthBins(1.0, 45.0, 1.0),
+    bev_encoder=BevEncoder2DConfig(num_layer=(1, 1, 1), num_channels=(32, 64, 128), stride=(1, 2, 2),
+                                   neck_channels=32, extra_upsample=None, head_channels=32),
+    upsample_bev=True,
+    class_balance=True,
+    scene_class_affinity=True,
+    depth_loss_weight=3.0,  # BEVDepth's: sparse depth from the data's labels_2d
+    recipe=DEMO_TINY_RECIPE,
+)
+
 CONFIGS: dict[str, ModelConfig] = {
     config.name: config
     for config in (
@@ -351,51 +377,15 @@ CONFIGS: dict[str, ModelConfig] = {
             # 2 samples per GPU on 8 GPUs ("Batch Size=16"), 12 epochs.
             recipe=TrainRecipe(batch_size=2, global_batch=16, max_epochs=12),
         ),
-        # Our own: trains on a 2-core CPU in half an hour. Small ImageNet-free ResNet-18 at 128x352
-        # with stride-8 features (FPN over stages 2-4), 1 m depth bins, a 100x100 BEV at 0.8 m (a
-        # quarter of the pooling and encoder work); the encoder stays at 100x100 and a bilinear x2
-        # brings it to the head's 200x200, which keeps FlashOcc's channel-to-height head and the
-        # Occ3D output grid. Depth-supervised, and with MonoScene's class-affinity loss, without
-        # which the few object voxels among the free ones are never predicted in a short run.
-        ModelConfig(
-            name="demo-tiny",
-            description="small FlashOcc-style model for CPU training, demos and tests (200x200x16 output)",
-            reference="",
-            input_size=(128, 352),
-            downsample=8,
-            backbone=ResNetConfig(depth=18, base_channels=32, out_indices=(1, 2, 3), with_cp=False),
-            neck_channels=64,
-            bev_channels=32,
-            pool_grid=VoxelGridConfig(x=(-40.0, 40.0, 0.8), y=(-40.0, 40.0, 0.8), z=(-1.0, 5.4, 6.4)),
-            depth_bins=DepthBins(1.0, 45.0, 1.0),
-            bev_encoder=BevEncoder2DConfig(num_layer=(1, 1, 1), num_channels=(32, 64, 128), stride=(1, 2, 2),
-                                           neck_channels=32, extra_upsample=None, head_channels=32),
-            upsample_bev=True,
-            class_balance=True,
-            scene_class_affinity=True,
-            depth_loss_weight=3.0,  # BEVDepth's: sparse depth from the data's labels_2d
-            recipe=DEMO_TINY_RECIPE,
-        ),
+        DEMO_TINY,
         # Our own temporal demo: demo-tiny's network as BEVStereo4D (stride-4 ResNet-18 stereo feature,
         # one cost-volume stage down to the stride-8 features, a 32-wide ASPP), on the path that re-lifts
         # t-1 (trained and tested alike), for the synthetic world's 0.5 s keyframes.
-        ModelConfig(
+        replace(
+            DEMO_TINY,
             name="demo-tiny-4d-stereo",
             description="demo-tiny as BEVStereo4D (three keyframes, stereo depth), for CPU training, demos",
-            reference="",
-            input_size=(128, 352),
-            downsample=8,
-            backbone=ResNetConfig(depth=18, base_channels=32, out_indices=(0, 1, 2, 3), with_cp=False),
-            neck_channels=64,
-            bev_channels=32,
-            pool_grid=VoxelGridConfig(x=(-40.0, 40.0, 0.8), y=(-40.0, 40.0, 0.8), z=(-1.0, 5.4, 6.4)),
-            depth_bins=DepthBins(1.0, 45.0, 1.0),
-            bev_encoder=BevEncoder2DConfig(num_layer=(1, 1, 1), num_channels=(32, 64, 128), stride=(1, 2, 2),
-                                           neck_channels=32, extra_upsample=None, head_channels=32),
-            upsample_bev=True,
-            class_balance=True,
-            scene_class_affinity=True,
-            depth_loss_weight=3.0,
+            backbone=replace(DEMO_TINY.backbone, out_indices=(0, 1, 2, 3)),
             temporal=TemporalConfig(aspp_mid_channels=32),
             recipe=DEMO_TINY_4D_STEREO_RECIPE,
         ),
