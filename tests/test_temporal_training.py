@@ -12,7 +12,13 @@ from tiny_dataset import MICRO_TEMPORAL_CONFIG, write_tiny_dataset
 
 from occ.cli import main
 from training import train as training
-from training.models.configs import CONFIGS, RenderOccHeadConfig, build_model
+from training.models.configs import (
+    CONFIGS,
+    RenderOccHeadConfig,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+)
 from training.train import TrainOptions, checkpoint_path
 
 QUICK = replace(MICRO_TEMPORAL_CONFIG.recipe, lr=3e-3, warmup_iters=0, ema_decay=None)
@@ -100,6 +106,11 @@ def test_occ_models_lists_the_temporal_configs_and_their_reference_layout(capsys
     buffers = ("scene_center", "scene_radius", "xyz_min", "xyz_max", "act_shift")
     assert set(with_nerf) - set(without) == {f"nerf_head.{name}" for name in buffers}
     assert with_nerf["semantic_loss.weight"] == [17] and with_nerf["density_mlp.2.weight"] == [32, 512]
+
+
+def test_temporal_configs_survive_the_checkpoints_stored_values():
+    for config in CONFIGS.values():
+        assert config_from_dict(config_to_dict(config)) == config, config.name
 
 
 def test_exporting_a_temporal_config_is_a_one_line_error(tmp_path, capsys):
