@@ -16,7 +16,7 @@ from training.models.depth_net import camera_aware_input
 from training.models.losses import renderocc_class_weights
 from training.models.stereo import cost_volume, sampling_grid
 from training.models.swin import SwinTransformer
-from training.models.temporal import DensitySemantics, StreamState, shift_feature
+from training.models.temporal import DensitySemantics, StreamState, camera_to_previous, shift_feature
 from training.models.view_transformer import VoxelGridConfig
 
 # Counted on models built from the reference code (the arithmetic is in the design note).
@@ -171,6 +171,58 @@ def test_shift_feature_equals_the_references_gen_grid_and_moves_by_whole_cells()
     torch.testing.assert_close(shifted[1, :, :, :18], bev[1, :, :, 2:], rtol=1e-5, atol=1e-5)
     identity = shift_feature(bev, key, key, bda, grid)
     torch.testing.assert_close(identity, bev, rtol=1e-5, atol=1e-5)
+
+
+# What the matching and shift_feature export to: standard operators ONNX Runtime and TensorRT 10 run.
+STANDARD_OPERATORS = {"Abs", "Add", "Cast", "Concat", "Constant", "Div", "Equal", "Expand", "Gather",
+                      "GridSample", "Less", "MatMul", "Mul", "Neg", "ReduceSum", "Reshape", "Slice",
+                      "Softmax", "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where"}
+
+
+class _Matching(torch.nn.Module):
+    """The stereo matching of one frame pair, from cameras in the key ego to depth probabilities."""
+
+    def __init__(self, frustum: torch.Tensor, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.register_buffer("frustum", frustum)
+        self.image_size = image_size
+
+    def forward(self, curr, prev, curr2key, prev2key, intrinsics, post_rots, post_trans):
+        grid = sampling_grid(self.frustum, camera_to_previous(curr2key, prev2key), intrinsics, post_rots,
+                             post_trans, self.image_size)
+        return cost_volume(curr, prev, grid, self.frustum.shape[0], outside_bias=5.0)
+
+
+class _Shift(torch.nn.Module):
+    def forward(self, bev, key_camera, adjacent_camera, bda):
+        return shift_feature(bev, key_camera, adjacent_camera, bda, COARSE_GRID)
+
+
+def test_matching_and_shift_export_to_standard_onnx_and_run_in_onnxruntime():
+    """GridSample (opset 16+), Softmax, Where, MatMul...: what ONNX Runtime and TensorRT 10 import."""
+    import io
+
+    import onnx
+    import onnxruntime
+
+    model = _built(_stream_config(True))
+    batch = Sequence(3, model.img_view_transformer.input_size).batch(2)
+    generator = torch.Generator().manual_seed(7)
+    matching = (torch.randn(6, 8, 8, 24, generator=generator), torch.randn(6, 8, 8, 24, generator=generator),
+                batch.sensor2ego, batch.history.sensor2keyego[:, 0], batch.intrinsics.contiguous(),
+                batch.post_rots.contiguous(), batch.post_trans)
+    shift = (torch.randn(1, 8, 20, 20, generator=generator), batch.sensor2ego[:, 0],
+             batch.history.sensor2keyego[:, 0, 0], batch.bda)
+    cases = ((_Matching(model.img_view_transformer.cv_frustum, (32, 96)), matching), (_Shift(), shift))
+    for module, inputs in cases:
+        buffer = io.BytesIO()
+        torch.onnx.export(module, inputs, buffer, opset_version=17, dynamo=False)
+        operators = {node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node}
+        assert "GridSample" in operators and operators <= STANDARD_OPERATORS, operators - STANDARD_OPERATORS
+        session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+        feeds = {node.name: value.numpy() for node, value in zip(session.get_inputs(), inputs, strict=True)}
+        (output,) = session.run(None, feeds)
+        torch.testing.assert_close(torch.from_numpy(output), module(*inputs), rtol=1e-4, atol=1e-4)
 
 
 # --- streaming -------------------------------------------------------------------------------------------
