@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tiny_dataset import MICRO_TEMPORAL_CONFIG
 
 from occupancy.classes import FREE_CLASS, NUM_CLASSES
+from occupancy.errors import InputError
 from training.batch import CameraBatch, FrameHistory, OccupancyTargets
 from training.models.configs import CONFIGS, TemporalConfig, build_model
 from training.models.depth_net import camera_aware_input
@@ -481,6 +482,9 @@ def test_semantic_loss_weights_are_renderoccs_and_normalised_for_renderocc2d():
 def test_test_paths_follow_the_reference_test_scripts():
     aavt = {name: CONFIGS[name].temporal.align_after_view_transformation for name in REFERENCE_PARAMS}
     assert aavt == {name: name == "flashocc-stbase-4d-stereo-512x1408" for name in REFERENCE_PARAMS}
+    voxels = CONFIGS["bevdetocc-stbase-4d-stereo-512x1408"]
+    with pytest.raises(InputError, match="warps 2D BEV maps only"), torch.device("meta"):
+        build_model(replace(voxels, temporal=replace(voxels.temporal, align_after_view_transformation=True)))
 
 
 @pytest.mark.slow

@@ -195,6 +195,9 @@ def _build_temporal(config: ModelConfig, img_backbone: nn.Module, img_neck: nn.M
     """BEVStereo4D: stereo view transformer, per-frame `pre_process_net`, the BEV encoder over two frames."""
     temporal = config.temporal
     is_2d = isinstance(config.bev_encoder, BevEncoder2DConfig)
+    if temporal.align_after_view_transformation and not is_2d:
+        raise InputError(f"{config.name}: align_after_view_transformation warps 2D BEV maps only (as the "
+                         "reference's gen_grid); a 3D voxel encoder cannot take it")
     view_transformer = LSSViewTransformerBEVStereo(
         grid=config.pool_grid, depth_bins=config.depth_bins, input_size=config.input_size,
         downsample=config.downsample, in_channels=config.neck_channels, out_channels=config.bev_channels,
