@@ -33,7 +33,11 @@ EPOCHS = range(16)
 def root(tmp_path) -> Path:
     """One training frame: black images but a white spot where CAM_FRONT sees POINT; a car voxel at POINT."""
     write_tiny_dataset(tmp_path, scenes=2, frames=1, image_size=SOURCE_SIZE)
-    entry = json.loads((tmp_path / "occ_index_train.json").read_text())["samples"][0]
+    index = json.loads((tmp_path / "occ_index_train.json").read_text())
+    entry = index["samples"][0]
+    for name in CAMERA_NAMES:  # a parked car: every camera at the key camera's pose (motion is tested below)
+        entry["cameras"][name]["ego2global"] = entry["cameras"][CAMERA_NAMES[0]]["ego2global"]
+    (tmp_path / "occ_index_train.json").write_text(json.dumps(index))
     for name in CAMERA_NAMES:
         black = np.zeros((*SOURCE_SIZE, 3), np.uint8)
         cv2.imwrite(str(tmp_path / entry["cameras"][name]["image_path"]), black)

@@ -81,9 +81,11 @@ def scene_ray_origins(samples: Iterable[Mapping]) -> dict[str, np.ndarray]:
 
 
 def eval_loader(data_root: Path, split: str, input_size: tuple[int, int], batch_size: int,
-                num_workers: int, resampling: Resampling = FAST) -> DataLoader:
-    """The split's frames with the test-time transform, in index order."""
-    dataset = OccupancyDataset(data_root, split, input_size, resampling=resampling)
+                num_workers: int, resampling: Resampling = FAST, history_frames: int = 0) -> DataLoader:
+    """The split's frames with the test-time transform, in index order; with `history_frames`, each with
+    the frames before it (temporal models, as the reference's test pipeline loads them)."""
+    dataset = OccupancyDataset(data_root, split, input_size, resampling=resampling,
+                               history_frames=history_frames)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate)
 

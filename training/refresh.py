@@ -107,7 +107,8 @@ def refresh(options: RefreshOptions) -> RefreshResult:
     ))
 
     model, config = load_model(checkpoint, options.config)
-    loader = evaluate.eval_loader(options.data_root, "val", config.input_size, 1, options.num_workers)
+    loader = evaluate.eval_loader(options.data_root, "val", config.input_size, 1, options.num_workers,
+                                  config.history_frames)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     evaluation = evaluate.accumulate(evaluate.predict_torch(model, loader, device))
     scores = evaluate.metric_json(evaluation)

@@ -198,8 +198,8 @@ class Trainer:
 def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor]:
     """One optimisation step over the batches that make up one global batch (gradients accumulate over
     them; DDP synchronises only on the last). Returns detached scalar losses averaged over the batches:
-    `loss` (the one optimised), `loss_occ` and, where depth supervision applies, `loss_depth` (already
-    weighted)."""
+    `loss` (the one optimised), the model's named losses and, where depth supervision applies,
+    `loss_depth` (already weighted)."""
     trainer.optimizer.zero_grad(set_to_none=True)
     totals: dict[str, Tensor] = {}
     for index, batch in enumerate(batches):
@@ -222,13 +222,14 @@ def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor
 
 
 def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
-    """The forward pass and the losses of one batch: `loss` and its parts."""
+    """The forward pass and the losses of one batch: `loss` and its parts (the model's named losses,
+    `loss_occ` or, for the RenderOcc heads, `loss_3d_geo` and `loss_3d_sem`; and the depth loss)."""
     camera, targets = batch.camera_batch(trainer.device), batch.targets(trainer.device)
     precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
                  if trainer.autocast_dtype else nullcontext())
     with precision:
-        logits, depth = trainer.model(camera, return_depth=True)
-    losses = {"loss_occ": trainer.raw_model.loss(logits.float(), targets)}
+        output, depth = trainer.model(camera, return_depth=True)
+    losses = trainer.raw_model.losses(output, targets)
     if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
         depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
         losses["loss_depth"] = trainer.depth_loss_weight * depth_loss
@@ -473,7 +474,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     recipe = config.recipe
     plan = batch_plan(options, recipe, env.world_size)
     dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
-                               depth=config.depth_loss_weight > 0)
+                               depth=config.depth_loss_weight > 0, history_frames=config.history_frames)
     loader, sampler, skipping = build_loader(dataset, plan.batch_size, options, env)
     iters_per_epoch = len(sampler) // (plan.batch_size * plan.accumulation)
     if iters_per_epoch == 0:

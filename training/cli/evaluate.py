@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
         if args.data_root is None:
             raise InputError("--data-root: required with --checkpoint or --onnx")
 
-        def loader(input_size: tuple[int, int]):
+        def loader(input_size: tuple[int, int], history_frames: int = 0):
             return evaluate.eval_loader(args.data_root, args.split, input_size, args.batch_size,
-                                        args.num_workers, args.resampling)
+                                        args.num_workers, args.resampling, history_frames)
 
         if args.onnx:
             session = evaluate.onnx_session(args.onnx)
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             model, config = load_model(args.checkpoint, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            predictions = evaluate.predict_torch(model, loader(config.input_size), device)
+            predictions = evaluate.predict_torch(model, loader(config.input_size, config.history_frames),
+                                                 device)
         scores = evaluate.accumulate(predictions, args.save_preds, origins)
     print(scores.table())
     if args.json:

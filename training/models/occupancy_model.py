@@ -70,6 +70,10 @@ class OccupancyModel(nn.Module):
         """Scalar training loss of `forward`'s logits (the head's camera-masked cross-entropy)."""
         return self.occ_head.loss(logits, targets)
 
+    def losses(self, logits: Tensor, targets: OccupancyTargets) -> dict[str, Tensor]:
+        """The named losses the trainer sums (every model has this method): `loss_occ`, in float32."""
+        return {"loss_occ": self.loss(logits.float(), targets)}
+
     def depth_loss(self, depth: Tensor, gt_depth: Tensor) -> Tensor:
         """Unweighted BEVDepth depth loss of `forward`'s depth against B x N x H x W input-resolution
         depths in metres (0 = no point)."""

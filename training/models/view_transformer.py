@@ -78,12 +78,12 @@ def _multiply_add_rows(matrix: Tensor, vector: Tensor) -> Tensor:
     return torch.stack([row[..., 0] * x + row[..., 1] * y + row[..., 2] * z for row in matrix.unbind(-2)], -1)
 
 
-def _transform(matrix: Tensor, points: Tensor) -> Tensor:
+def transform(matrix: Tensor, points: Tensor) -> Tensor:
     """Applies B x N x 3 x 3 matrices to B x N x D x H x W x 3 points."""
     return _multiply_add_rows(matrix[:, :, None, None, None], points)
 
 
-def _matmul_3x3(a: Tensor, b: Tensor) -> Tensor:
+def matmul_3x3(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for ... x 3 x 3 matrices, column by column in the same exportable multiply-adds."""
     return torch.stack([_multiply_add_rows(a, column) for column in b.unbind(-1)], -1)
 
@@ -128,6 +128,13 @@ def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsampl
     return loss / foreground.sum().clamp(min=1)
 
 
+def depth_probabilities(logits: Tensor) -> Tensor:
+    """Softmax over the depth bins (dim 1), in fp32 under autocast: bf16 rounds a confident bin to exactly
+    1 (the others to 0), and the depth loss's BCE gradient then divides by its 1e-12 floor: a bf16 CPU
+    run blew up at iteration 700."""
+    return logits.float().softmax(dim=1)
+
+
 class LSSViewTransformer(nn.Module):
     """Predicts a depth distribution and a context feature per image-feature pixel and splats
     their outer product into a voxel grid (BEVPoolv2's sum, through `bev_pool`).
@@ -152,6 +159,7 @@ class LSSViewTransformer(nn.Module):
         in_channels: int = 256,
         out_channels: int = 64,
         collapse_z: bool = True,
+        depth_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.grid_shape = grid.shape
@@ -166,8 +174,8 @@ class LSSViewTransformer(nn.Module):
         self.register_buffer("grid_interval", torch.tensor(interval), persistent=False)
         frustum = self.create_frustum(depth_bins, input_size, downsample)
         self.register_buffer("frustum", frustum, persistent=False)
-        # One 1x1 conv: the first D output channels are depth logits, the next C the context feature.
-        self.depth_net = nn.Conv2d(in_channels, self.D + out_channels, kernel_size=1, padding=0)
+        # LSS: one 1x1 conv whose first D output channels are depth logits, the next C the context feature.
+        self.depth_net = depth_net or nn.Conv2d(in_channels, self.D + out_channels, kernel_size=1, padding=0)
 
     def create_frustum(self, depth_bins: DepthBins, input_size: tuple[int, int], downsample: int) -> Tensor:
         """D x fH x fW x 3 points (u, v, d): input-image pixel coordinates and depth in metres.
@@ -190,12 +198,12 @@ class LSSViewTransformer(nn.Module):
         """
         # input pixels -> source pixels: undo resize/crop/flip/rotation; d is unchanged.
         points = self.frustum - batch.post_trans[:, :, None, None, None, :]
-        points = _transform(inverse_3x3(batch.post_rots), points)
+        points = transform(inverse_3x3(batch.post_rots), points)
         # (u, v, d) -> (u d, v d, d), then camera rays scaled by depth -> ego.
         points = torch.cat((points[..., :2] * points[..., 2:3], points[..., 2:3]), -1)
-        ego_T_pixel = _matmul_3x3(batch.sensor2ego[..., :3, :3], inverse_3x3(batch.intrinsics))
-        points = _transform(ego_T_pixel, points) + batch.sensor2ego[:, :, None, None, None, :3, 3]
-        return _transform(batch.bda[:, None].expand_as(batch.post_rots), points)
+        ego_T_pixel = matmul_3x3(batch.sensor2ego[..., :3, :3], inverse_3x3(batch.intrinsics))
+        points = transform(ego_T_pixel, points) + batch.sensor2ego[:, :, None, None, None, :3, 3]
+        return transform(batch.bda[:, None].expand_as(batch.post_rots), points)
 
     def voxel_index(self, points: Tensor) -> Tensor:
         """Integer (x, y, z) cell of each ego point, ... x 3 int64.
@@ -219,15 +227,22 @@ class LSSViewTransformer(nn.Module):
         """
         b, n, c_in, feat_h, feat_w = image_feats.shape
         x = self.depth_net(image_feats.reshape(b * n, c_in, feat_h, feat_w))
-        # fp32 under autocast: bf16 rounds a confident bin to exactly 1 (the others to 0), and the depth
-        # loss's BCE gradient then divides by its 1e-12 floor: a bf16 CPU run blew up at iteration 700.
-        depth = x[:, : self.D].float().softmax(dim=1).view(b, n, self.D, feat_h, feat_w)
+        depth = depth_probabilities(x[:, : self.D]).view(b, n, self.D, feat_h, feat_w)
         context = x[:, self.D : self.D + self.out_channels].view(b, n, self.out_channels, feat_h, feat_w)
-        voxel_index = self.voxel_index(self.ego_points(batch))
+        return self.splat(depth, context, batch), depth
+
+    def splat(self, depth: Tensor, context: Tensor, geometry: CameraBatch) -> Tensor:
+        """Pools depth (B x N x D x fH x fW) times context (B x N x C x fH x fW) into the grid, with the
+        frustum placed by `geometry` (its `sensor2ego` says where the cameras sit in the BEV's ego frame).
+
+        Returns B x Z*C x Y x X with `collapse_z` (Z-major channel order: slice z holds channels
+        z*C .. z*C+C-1), else B x C x Z x Y x X.
+        """
+        voxel_index = self.voxel_index(self.ego_points(geometry))
         bev_feat = bev_pool(depth, context, voxel_index, self.grid_shape)  # B x C x Z x Y x X
         if self.collapse_z:
             bev_feat = bev_feat.permute(0, 2, 1, 3, 4).flatten(1, 2)
-        return bev_feat, depth
+        return bev_feat
 
     def get_depth_loss(self, gt_depth: Tensor, depth: Tensor) -> Tensor:
         """`depth_loss` of `forward`'s depth against B x N x H x W input-resolution depths (0 = none)."""
