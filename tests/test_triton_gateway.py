@@ -159,6 +159,26 @@ def test_discovery_checks_triton_models_against_the_contract(repository, triton,
     assert load(MODEL).models[MODEL].input_size == INPUT_SIZE
 
 
+def test_a_model_triton_loads_later_is_served_too(repository, triton, onnx_files):
+    """The backend follows Triton's repository: a model loaded after start-up joins the served ones on
+    the next re-read (where the gateway is not pinned to one default model)."""
+    import tritonclient.grpc as grpcclient
+
+    async def reread(settings: Settings) -> list[str]:
+        backend = TritonBackend.load(settings)
+        before = sorted(backend.models)
+        write_python_model(repository, "later", onnx_files[1])
+        grpcclient.InferenceServerClient(triton.grpc_url).load_model("later")
+        await backend._reread_models()
+        await backend.close()
+        return [before, sorted(backend.models)]
+
+    settings = Settings(backend="triton", triton_url=triton.grpc_url)
+    assert asyncio.run(reread(settings)) == [[MODEL], sorted([MODEL, "later"])]
+    pinned = asyncio.run(reread(Settings(backend="triton", triton_url=triton.grpc_url, default_model=MODEL)))
+    assert pinned == [[MODEL], [MODEL]]
+
+
 class ScriptedClient:
     """Stands in for the aio client: fails with the given gRPC statuses, then answers with `answer`."""
 

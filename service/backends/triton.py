@@ -196,18 +196,24 @@ class TritonBackend(Backend):
             self._refresh = asyncio.create_task(self._reread_models())
 
     async def _reread_models(self) -> None:
+        """Re-read every served model, and take up a model that Triton has loaded since (unless the
+        gateway serves only its configured default model)."""
         client = self._connect()
         models = dict(self._models)
-        for name, served in self._models.items():
+        for name in self._models.keys() | await self._newly_ready(client):
             try:
                 metadata = await client.get_model_metadata(name, client_timeout=PROBE_TIMEOUT_S)
                 config = await client.get_model_config(name, headers=_key_headers(self._settings),
                                                        client_timeout=PROBE_TIMEOUT_S)
                 models[name] = _describe(metadata, config, self._settings.triton_url)
             except (InferenceServerException, InputError) as error:
-                log.warning("model %s: keeping version %s, re-reading it failed: %s",
-                            name, served.version, error)
+                log.warning("model %s: %s, re-reading it failed: %s", name,
+                            f"keeping version {self._models[name].version}" if name in self._models
+                            else "not served", error)
         for name, model in models.items():
+            if name not in self._models:
+                log.info("model %s: triton serves it now (version %s), a new model", name, model.version)
+                continue
             was = self._models[name].version
             if int(model.version) < int(was):
                 log.warning("model %s: version %s disappeared, triton rolled back to version %s", name, was,
@@ -215,6 +221,19 @@ class TritonBackend(Backend):
             elif model.version != was:
                 log.info("model %s: triton serves version %s (was %s)", name, model.version, was)
         self._models = models
+
+
+    async def _newly_ready(self, client: grpcaio.InferenceServerClient) -> set[str]:
+        """READY models of Triton's repository that the gateway does not serve yet."""
+        if self._settings.default_model:
+            return set()
+        try:
+            index = await client.get_model_repository_index(headers=_key_headers(self._settings),
+                                                            client_timeout=PROBE_TIMEOUT_S)
+        except InferenceServerException as error:
+            log.warning("triton's repository index could not be read: %s", error)
+            return set()
+        return {model.name for model in index.models if model.state == "READY"} - self._models.keys()
 
 
 def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Settings) -> list[str]:
