@@ -138,8 +138,8 @@ def test_dense_bad_data(data, message):
 
 
 def test_dense_decompression_is_bounded():
-    """A zlib bomb is refused after inflating at most one grid and a byte: the decoder's peak memory
-    stays within a few grids (640 KB each), where an unbounded inflate would hold all 100 MB before refusing."""
+    """A zlib bomb is refused after inflating at most one grid and a byte: the decoder's peak memory stays
+    within a few grids (640 KB each), where an unbounded inflate would hold all 100 MB before refusing."""
     bomb = zlib_base64(bytes(100_000_000))  # 100 MB of zeros compress to ~100 KB
     tracemalloc.start()
     try:

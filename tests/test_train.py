@@ -223,7 +223,7 @@ def test_the_evaluated_and_exported_weights_are_the_ema_of_the_trained_ones(data
 
 
 def test_occ_train_load_from_starts_from_the_files_weights(data_root, tmp_path, micro_config, monkeypatch):
-    """`occ train --load-from FILE`: the first step starts from FILE's weights, through the CLI and train()."""
+    """`occ train --load-from FILE`: the first step starts from FILE's weights (through the CLI and train)."""
     torch.manual_seed(5)
     source = build_model(MICRO_CONFIG)
     path = tmp_path / "source.pt"
