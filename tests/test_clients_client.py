@@ -11,7 +11,7 @@ from service_fixtures import (
     build_test_model,
     calibration,
     frame_images,
-    reference_inputs,
+    gateway_inputs,
     run_model,
     write_model,
 )
@@ -73,7 +73,7 @@ def client(repository):
 
 def test_every_encoding_gives_the_reference_grid(client, repository):
     images, frame = frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
-    expected = run_model(repository[1], reference_inputs(images, frame, INPUT_SIZE))
+    expected = run_model(repository[1], gateway_inputs(images, frame, INPUT_SIZE))
     assert (expected != 17).any() and (expected == 17).any()
     for encoding in ("dense", "sparse", "npy"):
         prediction = client.predict(images, parse_calibration(frame), encoding=encoding)
@@ -173,7 +173,7 @@ def test_occ_predict_end_to_end(server, repository, data_root, tmp_path, capsys)
                  "--render", str(picture)])
     printed = capsys.readouterr().out
     assert code == 0
-    expected = run_model(repository[1], reference_inputs(images, frame, INPUT_SIZE))
+    expected = run_model(repository[1], gateway_inputs(images, frame, INPUT_SIZE))
     assert np.array_equal(np.load(out), expected)
     assert "model fake version 1" in printed and "inference" in printed
     free_line = next(line for line in printed.splitlines() if line.split()[:1] == ["free"])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
-from service_fixtures import multipart_files, reference_inputs, run_model
+from service_fixtures import gateway_inputs, multipart_files, run_model
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES
@@ -37,14 +37,14 @@ def test_default_settings_serve_the_committed_demo_model_on_the_example_frame():
     assert response.status_code == 200, response.text
     assert response.headers["x-model-name"] == "demo-tiny"
     served = decode_npy(response.content)
-    expected = run_model(_newest_version() / "model.onnx", reference_inputs(images, calibration, (128, 352)))
+    expected = run_model(_newest_version() / "model.onnx", gateway_inputs(images, calibration, (128, 352)))
     np.testing.assert_array_equal(served, expected)
 
 
 def test_demo_model_learned_the_ground_and_objects_of_an_unseen_frame():
     """A trained model, not a random one: the example frame's scene was held out of training."""
     images, calibration = _example()
-    inputs = reference_inputs(images, calibration, (128, 352))
+    inputs = gateway_inputs(images, calibration, (128, 352))
     prediction = run_model(_newest_version() / "model.onnx", inputs)
     labels = np.load(EXAMPLE / "labels.npz")
     metric = OccupancyMetric()

@@ -18,10 +18,12 @@ from service_fixtures import (
     camera_image,
     changed,
     encode,
+    exact_frame_images,
+    expected_inputs,
     frame_images,
     multipart_files,
     post_frame,
-    reference_inputs,
+    reference_pipeline_inputs,
     run_model,
     serving,
     write_model,
@@ -32,6 +34,7 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES, FREE_CLASS
 from occupancy.encoding import decode_dense, decode_npy, decode_sparse
 from occupancy.grid import OCC3D_GRID
+from occupancy.network_input import REFERENCE
 from occupancy.preprocess import apply_transform, test_time_transform
 from service.backends.embedded import EmbeddedBackend
 from service.core.config import Settings
@@ -40,7 +43,7 @@ from service.main import create_app
 from service.pipeline import Frame, check_headers, prepare_inputs
 
 INPUT_SIZE = (32, 64)
-SOURCE_SIZE = (90, 160)  # decoded at 1/2: the input width is 0.4 of the source's
+SOURCE_SIZE = (90, 160)  # the size the calibration's intrinsics are for
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +67,16 @@ def client(settings):
 
 @pytest.fixture(scope="module")
 def frame():
-    """Six JPEGs, their calibration, and the grid onnxruntime gives on the reference preprocessing."""
-    return frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
+    """Six images, each camera its own size (PNG and JPEG, downscaled 2x or not, cropped differently),
+    and a calibration."""
+    return exact_frame_images(INPUT_SIZE), calibration(SOURCE_SIZE)
 
 
 @pytest.fixture(scope="module")
 def expected_grid(repository, frame):
+    """The stand-in model's grid on the frame's model inputs as computed without the gateway's code."""
     images, calib = frame
-    return run_model(repository / "fake" / "3" / "model.onnx", reference_inputs(images, calib, INPUT_SIZE))
+    return run_model(repository / "fake" / "3" / "model.onnx", expected_inputs(images, calib, INPUT_SIZE))
 
 
 # --- answers -------------------------------------------------------------------------------------------
@@ -118,15 +123,18 @@ def test_json_request_form_gives_the_same_grid(client, frame, expected_grid):
     np.testing.assert_array_equal(decode_dense(response.json()["occupancy"]["data"]), expected_grid)
 
 
-def test_png_and_other_image_sizes(client, repository):
-    # Every camera its own size, PNG and JPEG mixed: each is transformed from its own source size.
+def test_png_and_other_image_sizes(settings, repository):
+    """Every camera its own size and scale (upscaled too), PNG and JPEG mixed: each is transformed from its
+    own source size. With the reference resampling the gateway must answer the grid of the literal
+    reference pipeline (Pillow; the fast path's arbitrary scales have no exact closed form)."""
     sizes = [(90, 160), (120, 200), (45, 80), (300, 400), (90, 160), (64, 64)]
     images = {name: encode(camera_image(size, seed), ".png" if seed % 2 else ".jpg")
               for seed, (name, size) in enumerate(zip(CAMERA_NAMES, sizes, strict=True))}
     calib = calibration()
-    inputs = reference_inputs(images, calib, INPUT_SIZE)
+    inputs = reference_pipeline_inputs(images, calib, INPUT_SIZE)
     expected = run_model(repository / "fake" / "3" / "model.onnx", inputs)
-    response = post_frame(client, images, calib)
+    with TestClient(create_app(changed(settings, resampling=REFERENCE))) as reference:
+        response = post_frame(reference, images, calib)
     assert response.status_code == 200, response.text
     np.testing.assert_array_equal(decode_dense(response.json()["occupancy"]["data"]), expected)
 
@@ -480,7 +488,10 @@ def test_reduced_decoding_keeps_the_geometry(settings):
         assert difference.mean() < 1.5, (name, difference.mean())
 
 
-def test_npy_response_is_a_plain_npy_file(client, frame):
+def test_npy_response_is_a_plain_npy_file(client, frame, expected_grid):
     response = post_frame(client, *frame, headers={"Accept": "text/html, application/x-npy;q=0.9"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-npy"
     array = np.load(io.BytesIO(response.content), allow_pickle=False)
     assert array.dtype == np.uint8 and array.shape == (200, 200, 16)
+    np.testing.assert_array_equal(array, expected_grid)

@@ -22,8 +22,8 @@ from service_fixtures import (
     build_test_model,
     calibration,
     frame_images,
+    gateway_inputs,
     multipart_files,
-    reference_inputs,
     run_model,
     test_metadata,
     write_python_model,
@@ -116,7 +116,7 @@ def test_inputs_travel_as_raw_bytes():
 def test_triton_and_embedded_give_the_same_grid(repository, triton, frame, onnx_files):
     images, calib = frame
     files = multipart_files(images, calib)
-    expected = run_model(onnx_files[0], reference_inputs(images, calib, INPUT_SIZE))
+    expected = run_model(onnx_files[0], gateway_inputs(images, calib, INPUT_SIZE))
 
     async def scenario():
         answers = {}
