@@ -2,10 +2,12 @@
 a nuScenes-like calibration, and the model inputs a frame should give: computed independently of the
 gateway's preprocessing (`expected_inputs`, `reference_pipeline_inputs`) or with it (`gateway_inputs`)."""
 
+import asyncio
 import io
 import json
 import math
 import struct
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -287,6 +289,29 @@ def multipart_files(images: dict[str, bytes], frame: dict) -> list[tuple[str, tu
 def post_frame(client, images: dict[str, bytes], frame: dict, **kwargs):
     """POST /predict of a frame in the multipart form, with a sync or an async httpx client."""
     return client.post("/predict", files=multipart_files(images, frame), **kwargs)
+
+
+class GatedBackend:
+    """A real backend whose inferences wait until `gate` (a threading.Event) is open: a test decides when a
+    frame holding a slot ends, instead of a sleep. `entered` is set once an inference waits at the gate."""
+
+    def __init__(self, inner, gate: threading.Event):
+        self.inner, self.gate, self.kind, self.models = inner, gate, inner.kind, inner.models
+        self.entered = threading.Event()
+
+    async def infer(self, model, inputs):
+        self.entered.set()
+        await asyncio.to_thread(self.gate.wait, GATE_TIMEOUT_S)
+        return await self.inner.infer(model, inputs)
+
+    async def ready(self):
+        return await self.inner.ready()
+
+    async def close(self):
+        await self.inner.close()
+
+
+GATE_TIMEOUT_S = 60.0  # a gate a test forgot to open ends the wait rather than hanging the suite
 
 
 def changed(settings: Settings, **changes) -> Settings:

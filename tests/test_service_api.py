@@ -6,13 +6,16 @@ import io
 import json
 import math
 import struct
+import threading
 import zlib
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import (
+    GatedBackend,
     build_test_model,
     calibration,
     camera_image,
@@ -355,52 +358,57 @@ def test_api_keys(settings, frame):
             assert keyed.get(open_path).status_code == 200
 
 
-class SlowBackend:
-    """The real backend, answering `delay` seconds late (the event loop stays free)."""
+def gated(gate: threading.Event) -> tuple[list[GatedBackend], Callable]:
+    """A backend factory for create_app whose backend waits at `gate`, and the list it puts it in."""
+    built: list[GatedBackend] = []
 
-    def __init__(self, inner, delay: float):
-        self.inner, self.delay, self.kind, self.models = inner, delay, inner.kind, inner.models
+    def build(settings: Settings) -> GatedBackend:
+        built.append(GatedBackend(EmbeddedBackend.load(settings), gate))
+        return built[-1]
 
-    async def infer(self, model, inputs):
-        await asyncio.sleep(self.delay)
-        return await self.inner.infer(model, inputs)
-
-    async def ready(self):
-        return await self.inner.ready()
-
-    async def close(self):
-        await self.inner.close()
+    return built, build
 
 
 def test_full_queue_is_503_with_retry_after(settings, frame):
     images, calib = frame
     files = multipart_files(images, calib)
     limited = changed(settings, max_concurrent=1, max_queue=1, retry_after_s=3)
+    gate = threading.Event()
+    backends, build = gated(gate)
 
     async def scenario():
-        async with serving(limited, lambda s: SlowBackend(EmbeddedBackend.load(s), 1.0)) as client:
-            first = asyncio.create_task(client.post("/predict", files=files))
-            second = asyncio.create_task(client.post("/predict", files=files))
-            await asyncio.sleep(0.3)  # the first holds the slot, the second waits in the queue
-            metrics = (await client.get("/metrics")).text
-            third = await client.post("/predict", files=files)
-            return await first, await second, third, metrics
+        async with serving(limited, build) as client:
+            try:
+                first = asyncio.create_task(client.post("/predict", files=files))
+                assert await asyncio.to_thread(backends[0].entered.wait, 30)  # the first holds the slot
+                others = [asyncio.create_task(client.post("/predict", files=files)) for _ in range(2)]
+                # While the slot is held only a refusal can answer, and the other request waits in the queue.
+                done, _ = await asyncio.wait(others, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                metrics = (await client.get("/metrics")).text
+            finally:
+                gate.set()
+            return [await first, *[await other for other in others]], done, metrics
 
-    first, second, third, metrics = asyncio.run(scenario())
-    assert (first.status_code, second.status_code) == (200, 200)
-    _assert_error(third, 503, "overloaded")
-    assert third.headers["retry-after"] == "3"
+    answers, done, metrics = asyncio.run(scenario())
+    assert len(done) == 1, "no request was refused while the slot was held and the queue full"
+    refused = done.pop().result()
+    assert sorted(answer.status_code for answer in answers) == [200, 200, 503]
+    _assert_error(refused, 503, "overloaded")
+    assert refused.headers["retry-after"] == "3"
     assert 'occ_requests_in_flight{backend="embedded"} 1.0' in metrics
     assert 'occ_requests_queued{backend="embedded"} 1.0' in metrics
 
 
 def test_backend_slower_than_the_timeout_is_504(settings, frame):
     images, calib = frame
+    gate = threading.Event()
+    _, build = gated(gate)
 
     async def scenario():
-        async with serving(changed(settings, request_timeout_s=0.2),
-                           lambda s: SlowBackend(EmbeddedBackend.load(s), 5.0)) as client:
-            return await client.post("/predict", files=multipart_files(images, calib))
+        async with serving(changed(settings, request_timeout_s=0.2), build) as client:
+            response = await client.post("/predict", files=multipart_files(images, calib))
+            gate.set()  # the held inference ends before the app does
+            return response
 
     _assert_error(asyncio.run(scenario()), 504, "timeout")
 
@@ -422,11 +430,12 @@ def test_health_and_readiness(client, settings):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
 
-    class NotAnswering(SlowBackend):
+    class NotAnswering(GatedBackend):
         async def ready(self):
             return False
 
-    with TestClient(create_app(settings, lambda s: NotAnswering(EmbeddedBackend.load(s), 0))) as down:
+    with TestClient(create_app(settings, lambda s: NotAnswering(EmbeddedBackend.load(s), threading.Event()))
+                    ) as down:
         response = down.get("/readyz")
         assert response.status_code == 503 and "retry-after" in response.headers
 
