@@ -32,11 +32,10 @@ from service_fixtures import (
     write_model,
     write_python_model,
 )
-from test_triton_local import free_ports
+from test_triton_local import start_triton
 
 from service.core.config import Settings
 from service.main import create_app
-from service.triton_local import TritonLocal
 
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
 RULE_TESTS = tuple(sorted((DOCKER / "prometheus" / "tests").glob("*.yml")))  # promtool test rules files
@@ -151,13 +150,12 @@ def triton_series(tmp_path_factory) -> set[str]:
     onnx_path.write_bytes(build_test_model((32, 64)))
     root = tmp_path_factory.mktemp("triton-repository")
     write_python_model(root, "fake", onnx_path)
-    http_port, grpc_port, metrics_port = free_ports(3)
-    with TritonLocal(
-        root, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, load_models=("fake",)
-    ) as triton:
-        triton.wait_ready(timeout_s=60)
+    triton = start_triton(root, load_models=("fake",))
+    try:
         with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
             return exposition_names(response.read().decode())
+    finally:
+        triton.stop()
 
 
 def test_triton_exposes_the_documented_names(triton_series):
