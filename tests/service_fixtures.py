@@ -207,7 +207,8 @@ def expected_inputs(
     pixels, post_rots, post_trans = [], [], []
     for name in CAMERA_NAMES:
         decoded = cv2.imdecode(np.frombuffer(images[name], np.uint8), cv2.IMREAD_COLOR).astype(np.int64)
-        factor, rows = decoded.shape[1] // width, decoded.shape[0] // (decoded.shape[1] // width)
+        factor = decoded.shape[1] // width
+        rows = decoded.shape[0] // factor  # after the downscale
         assert factor in (1, 2) and decoded.shape[:2] == (factor * rows, factor * width), decoded.shape
         blocks = decoded.reshape(rows, factor, width, factor, 3).sum(axis=(1, 3))
         resized = (blocks + factor * factor // 2) // (factor * factor)
