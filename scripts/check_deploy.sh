@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deployment artefacts checked with the real tools, as CI does through tests/test_deploy_*.py:
-# hadolint (Dockerfiles), docker-compose config (both profiles), promtool (Prometheus config and rules),
-# then the pytest checks (Helm lint and render, Kubernetes schemas, PromQL metric names).
+# hadolint (Dockerfiles), docker-compose config (both profiles), promtool (Prometheus config, rules and
+# the rules' unit tests), then the pytest checks (Helm lint and render, Kubernetes schemas, PromQL metric
+# names).
 # Needs: pip install -e '.[serve,train,dev]' and apt-get install prometheus docker-compose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ done
 
 echo "== $(promtool --version 2>&1 | head -1)"
 promtool check config docker/prometheus/prometheus.yml
+(cd docker/prometheus/tests && promtool test rules ./*.yml)
 
 echo "== pytest tests/test_deploy_*.py"
 pytest -q tests/test_deploy_docker.py tests/test_deploy_helm.py tests/test_deploy_monitoring.py

@@ -1,9 +1,13 @@
 """Helpers of the gateway tests: a small contract-conforming ONNX model, a model repository, images,
-a nuScenes-like calibration, and the reference preprocessing built from the occupancy functions."""
+a nuScenes-like calibration, and the model inputs a frame should give: computed independently of the
+gateway's preprocessing (`expected_inputs`, `reference_pipeline_inputs`) or with it (`gateway_inputs`)."""
 
+import asyncio
+import io
 import json
 import math
 import struct
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -175,10 +179,89 @@ def calibration(source_size: tuple[int, int] = (900, 1600), temporal: bool = Fal
     return frame
 
 
-def reference_inputs(
+# The answer tests' frame: each camera its own size and format, chosen so that the gateway's fast path is
+# arithmetic that `expected_inputs` can write out: camera -> (downscale factor k, rows cropped, format).
+# k is 1 (no resampling; a JPEG is decoded whole) or 2 (a PNG: a 2 x 2 box mean, as OpenCV's area resize
+# makes it); the crop keeps the bottom rows, as the reference's test-time transform does.
+EXACT_CAMERAS: dict[str, tuple[int, int, str]] = {
+    "CAM_FRONT_LEFT": (2, 8, ".png"), "CAM_FRONT": (1, 16, ".jpg"), "CAM_FRONT_RIGHT": (2, 13, ".png"),
+    "CAM_BACK_LEFT": (1, 4, ".jpg"), "CAM_BACK": (2, 0, ".png"), "CAM_BACK_RIGHT": (1, 9, ".png"),
+}
+
+
+def exact_frame_images(input_size: tuple[int, int]) -> dict[str, bytes]:
+    """Six images of EXACT_CAMERAS' sizes and formats for a model of `input_size` (H, W)."""
+    height, width = input_size
+    return {name: encode(camera_image((factor * (height + rows), factor * width), seed), extension)
+            for seed, (name, (factor, rows, extension)) in enumerate(EXACT_CAMERAS.items())}
+
+
+def expected_inputs(
     images: dict[str, bytes], frame: dict, input_size: tuple[int, int]
 ) -> dict[str, np.ndarray]:
-    """The model inputs of a frame, built directly with the occupancy preprocessing functions."""
+    """The model inputs of a frame of `exact_frame_images`, computed without the gateway's preprocessing:
+    a whole OpenCV decode (B, G, R, the networks' order), a k-times downscale as the rounded mean of each
+    k x k block, the bottom `input_size` rows; post_rot = diag(1/k, 1/k, 1), post_tran = (0, -rows dropped,
+    0). The calibration tensors are the parsed JSON's."""
+    height, width = input_size
+    pixels, post_rots, post_trans = [], [], []
+    for name in CAMERA_NAMES:
+        decoded = cv2.imdecode(np.frombuffer(images[name], np.uint8), cv2.IMREAD_COLOR).astype(np.int64)
+        factor = decoded.shape[1] // width
+        rows = decoded.shape[0] // factor  # after the downscale
+        assert factor in (1, 2) and decoded.shape[:2] == (factor * rows, factor * width), decoded.shape
+        blocks = decoded.reshape(rows, factor, width, factor, 3).sum(axis=(1, 3))
+        resized = (blocks + factor * factor // 2) // (factor * factor)
+        pixels.append(resized[rows - height:].transpose(2, 0, 1).astype(np.uint8))
+        post_rots.append(np.diag([1.0 / factor, 1.0 / factor, 1.0]))
+        post_trans.append([0.0, float(height - rows), 0.0])
+    return _inputs(pixels, post_rots, post_trans, frame)
+
+
+def reference_camera_input(data: bytes, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray,
+                                                                               np.ndarray]:
+    """One camera through the reference's test-time `PrepareImageInputs`, literally, with Pillow: PIL opens
+    it (R, G, B), resizes it to the input width with its default filter, crops the bottom rows (crop_h =
+    (0, 0)) and centres it horizontally. The H x W x 3 R, G, B image, post_rot and post_tran."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    input_height, input_width = input_size
+    resize = float(input_width) / float(width)
+    resize_dims = (int(width * resize), int(height * resize))
+    new_width, new_height = resize_dims
+    crop_h = int((1 - 0.0) * new_height) - input_height
+    crop_w = int(max(0, new_width - input_width) / 2)
+    image = image.resize(resize_dims).crop((crop_w, crop_h, crop_w + input_width, crop_h + input_height))
+    return np.array(image), np.diag([resize, resize, 1.0]), np.array([-crop_w, -crop_h, 0.0])
+
+
+def reference_pipeline_inputs(
+    images: dict[str, bytes], frame: dict, input_size: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """The model inputs of the reference pipeline (`reference_camera_input`), channels swapped to B, G, R
+    as mmcv's to_rgb does it; the calibration tensors are the parsed JSON's."""
+    cameras = [reference_camera_input(images[name], input_size) for name in CAMERA_NAMES]
+    pixels = [rgb[..., ::-1].transpose(2, 0, 1) for rgb, _, _ in cameras]
+    return _inputs(pixels, [rot for _, rot, _ in cameras], [tran for _, _, tran in cameras], frame)
+
+
+def _inputs(pixels: list, post_rots: list, post_trans: list, frame: dict) -> dict[str, np.ndarray]:
+    parsed = parse_calibration(frame)
+    return {contract.IMAGES: np.ascontiguousarray(np.stack(pixels)[None], dtype=np.uint8),
+            contract.INTRINSICS: parsed.intrinsics_array()[None],
+            contract.SENSOR2EGO: parsed.sensor2ego_array()[None],
+            contract.POST_ROTS: np.asarray(post_rots, np.float32)[None],
+            contract.POST_TRANS: np.asarray(post_trans, np.float32)[None]}
+
+
+def gateway_inputs(
+    images: dict[str, bytes], frame: dict, input_size: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """The model inputs of a frame, made with the occupancy preprocessing functions the gateway uses: for
+    tests of what comes after the preprocessing (backends, clients), not of the preprocessing itself
+    (`expected_inputs` and `reference_pipeline_inputs` are computed without it)."""
     pixels, post_rots, post_trans = [], [], []
     for name in CAMERA_NAMES:
         data = images[name]
@@ -189,12 +272,7 @@ def reference_inputs(
         pixels.append(image.transpose(2, 0, 1))
         post_rots.append(transform.post_rot)
         post_trans.append(transform.post_tran)
-    parsed = parse_calibration(frame)
-    return {contract.IMAGES: np.stack(pixels)[None],
-            contract.INTRINSICS: parsed.intrinsics_array()[None],
-            contract.SENSOR2EGO: parsed.sensor2ego_array()[None],
-            contract.POST_ROTS: np.stack(post_rots)[None],
-            contract.POST_TRANS: np.stack(post_trans)[None]}
+    return _inputs(pixels, post_rots, post_trans, frame)
 
 
 def run_model(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -212,6 +290,29 @@ def multipart_files(images: dict[str, bytes], frame: dict) -> list[tuple[str, tu
 def post_frame(client, images: dict[str, bytes], frame: dict, **kwargs):
     """POST /predict of a frame in the multipart form, with a sync or an async httpx client."""
     return client.post("/predict", files=multipart_files(images, frame), **kwargs)
+
+
+class GatedBackend:
+    """A real backend whose inferences wait until `gate` (a threading.Event) is open: a test decides when a
+    frame holding a slot ends, instead of a sleep. `entered` is set once an inference waits at the gate."""
+
+    def __init__(self, inner, gate: threading.Event):
+        self.inner, self.gate, self.kind, self.models = inner, gate, inner.kind, inner.models
+        self.entered = threading.Event()
+
+    async def infer(self, model, inputs):
+        self.entered.set()
+        await asyncio.to_thread(self.gate.wait, GATE_TIMEOUT_S)
+        return await self.inner.infer(model, inputs)
+
+    async def ready(self):
+        return await self.inner.ready()
+
+    async def close(self):
+        await self.inner.close()
+
+
+GATE_TIMEOUT_S = 60.0  # a gate a test forgot to open ends the wait rather than hanging the suite
 
 
 def changed(settings: Settings, **changes) -> Settings:

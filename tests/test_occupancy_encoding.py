@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -137,9 +138,18 @@ def test_dense_bad_data(data, message):
 
 
 def test_dense_decompression_is_bounded():
+    """A zlib bomb is refused after inflating at most one grid and a byte: the decoder's peak memory stays
+    within a few grids (640 KB each), where an unbounded inflate would hold all 100 MB before refusing."""
     bomb = zlib_base64(bytes(100_000_000))  # 100 MB of zeros compress to ~100 KB
-    with pytest.raises(InputError, match="more"):
-        decode_dense(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="more"):
+            decode_dense(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grid_bytes = int(np.prod(SHAPE))
+    assert peak < 4 * grid_bytes, f"peak {peak} bytes"  # measured 1.5 MB: the grid, its buffers, the input
 
 
 @pytest.mark.parametrize(

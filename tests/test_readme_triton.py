@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from service_fixtures import reference_inputs, run_model
+from service_fixtures import gateway_inputs, run_model
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import FREE_CLASS
@@ -99,5 +99,5 @@ def test_readme_triton_commands_answer_the_curl_example(tmp_path):
     calibration = json.loads((FRAME / "calibration.json").read_text())
     props = ort.InferenceSession(str(version / "model.onnx")).get_modelmeta().custom_metadata_map
     input_size = ModelMetadata.from_props(props, str(version)).input_size
-    expected = run_model(version / "model.onnx", reference_inputs(images, calibration, input_size))
+    expected = run_model(version / "model.onnx", gateway_inputs(images, calibration, input_size))
     assert (grid == expected).mean() > 0.9999

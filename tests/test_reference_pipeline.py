@@ -1,9 +1,10 @@
 """The networks see what the reference pipelines feed theirs: B, G, R channels normalised as mmcv does it.
 
-The reference (BEVDet/FlashOCC `PrepareImageInputs` at test time) is re-implemented here literally, with
-Pillow and numpy: PIL opens the image (R, G, B), resizes it to the input width with PIL's default filter,
-crops the bottom rows, and mmcv's `imnormalize(img, mean, std, to_rgb=True)` swaps the channels once more
-before subtracting the mean and multiplying by 1 / std.
+The reference (BEVDet/FlashOCC `PrepareImageInputs` at test time) is re-implemented literally, with
+Pillow and numpy (service_fixtures.reference_camera_input, and `mmcv_imnormalize` here): PIL opens the
+image (R, G, B), resizes it to the input width with PIL's default filter, crops the bottom rows, and
+mmcv's `imnormalize(img, mean, std, to_rgb=True)` swaps the channels once more before subtracting the
+mean and multiplying by 1 / std.
 """
 
 import io
@@ -20,6 +21,8 @@ from service_fixtures import (
     encode,
     frame_images,
     multipart_files,
+    reference_camera_input,
+    reference_pipeline_inputs,
     run_model,
     write_model,
 )
@@ -31,7 +34,6 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.encoding import decode_dense
 from occupancy.errors import InputError
 from occupancy.network_input import FAST, REFERENCE
-from occupancy.preprocess import test_time_transform
 from service.core.config import Settings
 from service.main import create_app
 from service.pipeline import Frame, check_headers, prepare_inputs
@@ -44,16 +46,7 @@ STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 def reference_pixels(data: bytes, input_size: tuple[int, int]) -> np.ndarray:
     """PIL's H x W x 3 R, G, B image after the reference test-time resize and crop (crop_h = (0, 0))."""
-    image = Image.open(io.BytesIO(data))
-    width, height = image.size
-    input_height, input_width = input_size
-    resize = float(input_width) / float(width)
-    resize_dims = (int(width * resize), int(height * resize))
-    new_width, new_height = resize_dims
-    crop_h = int((1 - 0.0) * new_height) - input_height
-    crop_w = int(max(0, new_width - input_width) / 2)
-    image = image.resize(resize_dims).crop((crop_w, crop_h, crop_w + input_width, crop_h + input_height))
-    return np.array(image)
+    return reference_camera_input(data, input_size)[0]
 
 
 def mmcv_imnormalize(image: np.ndarray) -> np.ndarray:
@@ -118,15 +111,8 @@ def test_gateway_answers_the_grid_of_the_reference_input(tmp_path, jpeg_frame):
         response = client.post("/predict", files=multipart_files(jpeg_frame, frame))
     assert response.status_code == 200, response.text
     grid = decode_dense(response.json()["occupancy"]["data"])
-    parsed = parse_calibration(frame)
-    transform = test_time_transform((900, 1600), INPUT_SIZE)
-    pixels = [reference_pixels(jpeg_frame[name], INPUT_SIZE)[..., ::-1].transpose(2, 0, 1)  # B, G, R
-              for name in CAMERA_NAMES]
-    inputs = {contract.IMAGES: np.stack(pixels)[None].copy(),
-              contract.INTRINSICS: parsed.intrinsics_array()[None],
-              contract.SENSOR2EGO: parsed.sensor2ego_array()[None],
-              contract.POST_ROTS: np.stack([transform.post_rot] * 6)[None],
-              contract.POST_TRANS: np.stack([transform.post_tran] * 6)[None]}
+    inputs = reference_pipeline_inputs(jpeg_frame, frame, INPUT_SIZE)
+    np.testing.assert_allclose(inputs[contract.POST_TRANS][0, 0], [0.0, -140.0, 0.0])  # DESIGN.md's numbers
     expected = run_model(tmp_path / "pixels" / "1" / "model.onnx", inputs)
     np.testing.assert_array_equal(grid, expected)
 

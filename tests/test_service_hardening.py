@@ -20,10 +20,10 @@ from service_fixtures import (
     changed,
     encode,
     frame_images,
+    gateway_inputs,
     jpeg_with_a_fake_frame,
     multipart_files,
     post_frame,
-    reference_inputs,
     run_model,
     serving,
     with_exif_orientation,
@@ -301,7 +301,7 @@ def test_exif_orientation_does_not_turn_the_pixels(client, frame, repository, or
     (90 degrees) gives the grid of the same image untagged."""
     images, calib = frame
     model = repository / "fake" / "1" / "model.onnx"
-    expected = run_model(model, reference_inputs(images, calib, INPUT_SIZE))
+    expected = run_model(model, gateway_inputs(images, calib, INPUT_SIZE))
     tagged = {name: with_exif_orientation(data, orientation) for name, data in images.items()}
     np.testing.assert_array_equal(grid(post_frame(client, tagged, calib)), expected)
 

@@ -11,8 +11,8 @@ from service_fixtures import (
     build_test_model,
     calibration,
     frame_images,
+    gateway_inputs,
     multipart_files,
-    reference_inputs,
     run_model,
     write_model,
 )
@@ -52,7 +52,7 @@ def test_served_grid_equals_onnxruntime_on_the_same_tensors(server):
     images, calib = frame_images((900, 1600)), calibration((900, 1600))
     response = httpx.post(f"{url}/predict", files=multipart_files(images, calib), timeout=60)
     assert response.status_code == 200, response.text
-    expected = run_model(model_path, reference_inputs(images, calib, INPUT_SIZE))
+    expected = run_model(model_path, gateway_inputs(images, calib, INPUT_SIZE))
     served = decode_dense(response.json()["occupancy"]["data"])
     assert np.count_nonzero(served != expected) == 0
     assert (served != 17).any()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.data_root import labels_path, write_index
@@ -113,3 +114,19 @@ def write_labels(path: Path, semantics: np.ndarray, mask_camera: np.ndarray) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, semantics=semantics.astype(np.uint8), mask_lidar=mask_camera.astype(np.uint8),
                         mask_camera=mask_camera.astype(np.uint8))
+
+
+def record_initial_weights(monkeypatch) -> list[dict[str, torch.Tensor]]:
+    """A list that receives a copy of the weights every training of this test starts its first step from
+    (what `training.train.build_trainer` is given)."""
+    from training import train as training
+
+    started: list[dict[str, torch.Tensor]] = []
+    build_trainer = training.build_trainer
+
+    def recording(options, config, env, max_iters, raw_model):
+        started.append({name: value.clone() for name, value in raw_model.state_dict().items()})
+        return build_trainer(options, config, env, max_iters, raw_model)
+
+    monkeypatch.setattr(training, "build_trainer", recording)
+    return started
