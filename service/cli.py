@@ -1,6 +1,7 @@
 """`occ serve`: run the gateway with uvicorn (no torch is imported)."""
 
 import argparse
+import asyncio
 import logging
 import logging.config
 import os
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from occupancy.model_repository import require_models
+    from service.backends.embedded import EmbeddedBackend
     from service.backends.triton import TritonBackend
     from service.core.config import Settings
     from service.core.logging import log_config
@@ -37,11 +38,11 @@ def run(args: argparse.Namespace) -> int:
              "OCC_BACKEND": args.backend, "OCC_TRITON_URL": args.triton_url}
     os.environ.update({name: str(value) for name, value in flags.items() if value is not None})
     settings = Settings()
-    # Fail here, with one line, rather than in every worker's lifespan with a traceback.
-    if settings.backend == "embedded":
-        require_models(settings.model_repository, settings.default_model)
-    else:
-        TritonBackend.load(settings)
+    # Fail here, with one line, rather than in every worker's lifespan with a traceback: load every model
+    # once (its contract and metadata checked) and let it go again.
+    backend = (EmbeddedBackend if settings.backend == "embedded" else TritonBackend).load(
+        settings.model_copy(update={"watch_interval_s": 0.0}))
+    asyncio.run(backend.close())
     logging.config.dictConfig(log_config(settings.log_level))
     limit_opencv_pixels(settings.max_pixels)
     uvicorn.run("service.main:create_app_from_env", factory=True, host=args.host, port=args.port,

@@ -19,6 +19,7 @@ from service_fixtures import (
 
 from clients.local_gateway import running_gateway
 from occ.cli import main
+from occupancy import model_contract as contract
 from occupancy.encoding import decode_dense
 
 INPUT_SIZE = (256, 704)
@@ -28,6 +29,18 @@ def test_empty_repository_is_a_one_line_error(tmp_path, capsys):
     assert main(["serve", "--repository", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and str(tmp_path) in error and "no model" in error and "export" in error
+
+
+def test_a_model_exported_for_rgb_images_is_a_one_line_error(tmp_path, capsys):
+    import onnx
+
+    model = onnx.load_from_string(build_test_model(INPUT_SIZE))
+    props = {p.key: p.value for p in model.metadata_props if p.key != contract.META_CHANNEL_ORDER}
+    onnx.helper.set_model_props(model, props)  # what every export before the B, G, R images wrote
+    write_model(tmp_path, "old", (1,), model.SerializeToString())
+    assert main(["serve", "--repository", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "exported for images in R, G, B order" in error and "re-export" in error
 
 
 def test_the_gateway_never_imports_torch():
