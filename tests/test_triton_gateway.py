@@ -165,7 +165,7 @@ class ScriptedClient:
     def __init__(self, statuses: list[str], answer=None):
         self.statuses, self.answer, self.calls = list(statuses), answer, []
 
-    async def infer(self, model, inputs, outputs, client_timeout):
+    async def infer(self, model, inputs, outputs, client_timeout, model_version=""):
         self.calls.append((time.monotonic(), client_timeout))
         if self.statuses:
             raise InferenceServerException("scripted failure", status=self.statuses.pop(0))
@@ -181,7 +181,7 @@ def scripted_backend(statuses: list[str], answer=None, **settings) -> tuple[Trit
 
 
 def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():
-    inputs = warmup_inputs(INPUT_SIZE)
+    inputs = warmup_inputs(test_metadata(INPUT_SIZE))
 
     async def attempt(backend):
         try:
@@ -218,7 +218,7 @@ def test_inputs_refused_after_a_swap_to_another_input_size_are_503_and_reread():
 
     async def attempt():
         try:
-            return await backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE))
+            return await backend.infer(backend.models[MODEL], warmup_inputs(test_metadata(INPUT_SIZE)))
         except Exception as error:
             return error
 
@@ -422,7 +422,7 @@ def test_a_restricted_triton_lets_only_key_holders_control_models(repository, mo
         monkeypatch.setenv(TRITON_KEY_ENV, key)
         assert load_in_triton(server.grpc_url, MODEL, 1, timeout_s=30) >= 0
         backend = TritonBackend.load(Settings(**startup))  # the key from the environment
-        answer = asyncio.run(backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE)))
+        answer = asyncio.run(backend.infer(backend.models[MODEL], warmup_inputs(test_metadata(INPUT_SIZE))))
         assert answer.semantics.shape == (1, 200, 200, 16)
     finally:
         server.kill()

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
                                         args.num_workers, args.resampling, history_frames)
 
         if args.onnx:
-            session = evaluate.onnx_session(args.onnx)
-            predictions = evaluate.predict_onnx(session, loader(evaluate.onnx_input_size(session)))
+            session, metadata = evaluate.onnx_session(args.onnx)
+            predictions = evaluate.predict_onnx(session, metadata, loader(metadata.input_size))
         else:
             model, config = load_model(args.checkpoint, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
