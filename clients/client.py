@@ -22,6 +22,7 @@ from occupancy.classes import CLASS_NAMES
 from occupancy.encoding import NPY_MEDIA_TYPE, decode_npy, decode_occupancy
 from occupancy.errors import InputError
 from occupancy.grid import OCC3D_GRID
+from occupancy.sequence import SEQUENCE_HEADER, SEQUENCE_HEADERS
 
 Encoding = Literal["dense", "sparse", "npy"]
 ENCODINGS: tuple[str, ...] = ("dense", "sparse", "npy")
@@ -91,11 +92,14 @@ def build_request(
              for camera, source in images.items()]
     if isinstance(calibration, FrameCalibration):
         calibration_json = calibration.model_dump_json(exclude_none=True)
+        sequence_id = calibration.sequence_id
     else:
         calibration_json = json.dumps(calibration)
+        sequence_id = calibration.get("sequence_id")
     files.append(("calibration", ("calibration.json", calibration_json.encode(), "application/json")))
     params = {} if model is None else {"model": model}
-    headers = {}
+    # A load balancer can route a sequence to one replica by this header, without reading the body.
+    headers = {} if not isinstance(sequence_id, str) else {SEQUENCE_HEADER: sequence_id}
     if encoding == "npy":
         headers["Accept"] = NPY_MEDIA_TYPE
     else:
@@ -113,6 +117,7 @@ def parse_prediction(response: httpx.Response, round_trip_ms: float) -> Predicti
             version=response.headers.get("X-Model-Version", ""),
             timing_ms=parse_server_timing(response.headers.get("Server-Timing", "")),
             round_trip_ms=round_trip_ms,
+            sequence=_sequence_from_headers(response.headers),
             body_bytes=len(response.content),
         )
     try:
@@ -131,6 +136,14 @@ def parse_prediction(response: httpx.Response, round_trip_ms: float) -> Predicti
     except (ValueError, KeyError, TypeError) as error:  # ValueError: not JSON
         problem = f"{type(error).__name__}: {error}"
         raise InputError(f"response: not a /predict answer of API.md ({problem})") from error
+
+
+def _sequence_from_headers(headers: httpx.Headers) -> dict[str, Any] | None:
+    """The `sequence` of a .npy answer, from its headers (None for single-frame models)."""
+    if SEQUENCE_HEADER not in headers:
+        return None
+    sequence: dict[str, Any] = {key: headers.get(name) for key, name in SEQUENCE_HEADERS.items()}
+    return sequence | {key: int(sequence[key]) for key in ("frame_index", "history")}
 
 
 def parse_server_timing(header: str) -> dict[str, float]:

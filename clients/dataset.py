@@ -44,8 +44,7 @@ def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
     try:
         cameras = {name: sample["cameras"][name] for name in CAMERA_NAMES}
         calibration = {
-            "cameras": {name: {"intrinsic": cam["intrinsic"], "sensor2ego": cam["sensor2ego"]}
-                        for name, cam in cameras.items()},
+            "cameras": {name: _camera_calibration(cam) for name, cam in cameras.items()},
             "ego2global": sample.get("ego2global"),
             "timestamp": sample.get("timestamp"),
             "sequence_id": sample.get("scene_name"),
@@ -55,6 +54,13 @@ def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
         raise InputError(f"sample {token}: the index entry lacks {error}") from error
     labels = root / sample["occ_path"] if sample.get("occ_path") else None
     return DatasetFrame(token, images, parse_calibration(calibration, f"sample {token}"), labels)
+
+
+def _camera_calibration(camera: dict) -> dict:
+    """A camera's calibration as the API takes it: with its own ego pose and time where the index has them
+    (nuScenes' cameras expose tens of milliseconds apart; the reference uses each camera's own pose)."""
+    fields = ("intrinsic", "sensor2ego", "ego2global", "timestamp")
+    return {key: camera[key] for key in fields if camera.get(key) is not None}
 
 
 def camera_paths(items: list[str], flag: str) -> dict[str, Path]:

@@ -31,6 +31,11 @@ from occupancy import model_contract as contract
 from occupancy.geometry import sensor_to_key_ego
 from occupancy.model_contract import MAX_HISTORY
 
+# The HTTP headers of a sequence: the client sends the id (a load balancer may route by it without reading
+# the body); a .npy answer carries the JSON answer's `sequence` members in them.
+SEQUENCE_HEADERS: dict[str, str] = {"id": "X-Sequence-Id", "frame_index": "X-Sequence-Frame-Index",
+                                    "history": "X-Sequence-History", "reset": "X-Sequence-Reset"}
+SEQUENCE_HEADER = SEQUENCE_HEADERS["id"]
 US_PER_S = 1_000_000
 # Calibrations equal to this tolerance are the same rig (a float32 round trip of the same JSON is exact).
 CALIBRATION_TOLERANCE = 1e-6

@@ -38,7 +38,7 @@ class Sequence(BaseModel):
     id: str
     frame_index: int = Field(description="frames of this sequence this replica answered before this one")
     history: int = Field(description="real past frames used (0: a cold start, 2: t-1 and t-2)")
-    reset: str | None = Field(None, description=f"why a sequence with frames starts over: {', '.join(RESETS)}")
+    reset: str | None = Field(None, description=f"why a held sequence starts over: {', '.join(RESETS)}")
     gap_s: float | None = Field(None, description="seconds from the past frame used (t-1) to this one")
 
 

@@ -39,6 +39,10 @@ EXPIRED = "expired"  # a cold start: the sequence had no frame for the TTL
 RESETS: tuple[str, ...] = (*(reason.value for reason in Reset), MODEL_VERSION, EVICTED, EXPIRED)
 EVICTIONS: tuple[str, ...] = ("lru", "ttl")
 Key = tuple[str, str]  # (model name, sequence id)
+# Bookkeeping beyond the state arrays, at most (tests/test_service_sequences.py measures it): a kept
+# frame's poses, calibration and objects; a sequence's history, key and LRU entry.
+FRAME_OVERHEAD_BYTES = 8 * 2**10
+SEQUENCE_OVERHEAD_BYTES = 4 * 2**10
 
 
 class StatefulModel(Protocol):
@@ -159,9 +163,11 @@ class SequenceStore:
         self.nbytes = 0
 
     def bound_bytes(self, models: Iterable[StatefulModel]) -> int:
-        """The most the kept states of all sequences can take, for the temporal models among `models`."""
+        """The most the sequences can hold, kept states and bookkeeping, for the temporal models among
+        `models` (the frames in flight hold their own inputs and outputs besides)."""
         largest = max((model.state_bytes for model in models if model.state), default=0)
-        return self.limits.max_sequences * self.limits.rules.max_frames * largest
+        frames = self.limits.rules.max_frames * (largest + FRAME_OVERHEAD_BYTES)
+        return self.limits.max_sequences * (SEQUENCE_OVERHEAD_BYTES + frames)
 
     def __len__(self) -> int:
         return len(self._sequences)

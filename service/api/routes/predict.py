@@ -22,7 +22,7 @@ from occupancy.encoding import (
     encode_npy,
     encode_occupancy_json,
 )
-from occupancy.sequence import FrameMotion
+from occupancy.sequence import SEQUENCE_HEADER, SEQUENCE_HEADERS, FrameMotion
 from service.api.deps import StateDep
 from service.api.schemas import Detail, ModelRef, PredictResponse, Sequence, Timing, grid_info
 from service.backends.base import ServedModel
@@ -35,7 +35,6 @@ from service.state import AppState
 
 router = APIRouter(tags=["predict"])
 PREDICT_PATH = "/predict"
-SEQUENCE_HEADER = "X-Sequence-Id"  # the client's copy of calibration.sequence_id, for a router to hash
 
 Encoding = Literal["dense", "sparse"]
 _ENCODINGS = {"dense": DENSE_ENCODING, "sparse": SPARSE_ENCODING}
@@ -194,9 +193,9 @@ def _sequence_headers(sequence: SequenceInfo | None) -> dict[str, str]:
     """The `sequence` of a JSON answer as headers of a .npy one."""
     if sequence is None:
         return {}
-    headers = {SEQUENCE_HEADER: sequence.id, "X-Sequence-Frame-Index": str(sequence.frame_index),
-               "X-Sequence-History": str(sequence.history)}
-    return headers | ({"X-Sequence-Reset": sequence.reset} if sequence.reset else {})
+    values = {"id": sequence.id, "frame_index": sequence.frame_index, "history": sequence.history,
+              "reset": sequence.reset}
+    return {SEQUENCE_HEADERS[key]: str(value) for key, value in values.items() if value is not None}
 
 
 def request_labels(request: Request, state: AppState) -> dict[str, str]:
