@@ -350,7 +350,7 @@ def check_parity(model: OccupancyModel, onnx_path: Path, inputs: Mapping[str, np
     (semantics, onnx_logits, onnx_bev), seconds_onnx = onnx_run.run([contract.SEMANTICS], inputs)
     frame = [torch.from_numpy(inputs[name]) for name in contract.INPUT_NAMES]
     wrapper = ExportModel(model).eval()
-    torch_logits, torch_bev, seconds_torch = _torch_run(model, lambda: wrapper.logits(*frame))
+    torch_logits, torch_bev, seconds_torch = _torch_run(model, lambda: wrapper.logits(*frame).numpy())
     return _compare(semantics, onnx_logits, torch_logits, onnx_bev, torch_bev, seconds_onnx, seconds_torch)
 
 
