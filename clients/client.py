@@ -28,6 +28,7 @@ Encoding = Literal["dense", "sparse", "npy"]
 ENCODINGS: tuple[str, ...] = ("dense", "sparse", "npy")
 ImageSource = bytes | str | os.PathLike
 DEFAULT_TIMEOUT_S = 60.0
+SEQUENCES_PATH = "/v1/sequences"
 
 
 class GatewayError(Exception):
@@ -203,6 +204,10 @@ class OccupancyClient:
         raise_for_gateway_error(response)
         return response.json()
 
+    def end_sequence(self, sequence_id: str) -> bool:
+        """DELETE /v1/sequences/{id}: whether the gateway held the sequence."""
+        return _ended(self._http.delete(f"{SEQUENCES_PATH}/{sequence_id}"))
+
     def ready(self) -> bool:
         """Whether GET /readyz answers 200 (a model is loaded and the backend answers)."""
         try:
@@ -249,6 +254,9 @@ class AsyncOccupancyClient:
         raise_for_gateway_error(response)
         return response.json()
 
+    async def end_sequence(self, sequence_id: str) -> bool:
+        return _ended(await self._http.delete(f"{SEQUENCES_PATH}/{sequence_id}"))
+
     async def ready(self) -> bool:
         try:
             return (await self._http.get("/readyz")).status_code == 200
@@ -263,6 +271,14 @@ class AsyncOccupancyClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _ended(response: httpx.Response) -> bool:
+    """A DELETE /v1/sequences answer: 204 ended, 404 not held; GatewayError otherwise."""
+    if response.status_code == 404:
+        return False
+    raise_for_gateway_error(response)
+    return True
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:

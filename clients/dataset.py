@@ -37,6 +37,17 @@ def dataset_frame(data_root: Path, split: str = "val", token: str | None = None,
     return frame_of_sample(data_root, samples[position])
 
 
+def scene_frames(data_root: Path, split: str, scene: str) -> list[DatasetFrame]:
+    """The frames of one scene of a split, in time order (the index's): a temporal model's sequence."""
+    samples = load_index(data_root, split)
+    frames = [frame_of_sample(data_root, sample) for sample in samples if sample.get("scene_name") == scene]
+    if not frames:
+        scenes = sorted({str(sample.get("scene_name")) for sample in samples})
+        listed = ", ".join(scenes[:5]) + (f" and {len(scenes) - 5} more" if len(scenes) > 5 else "")
+        raise InputError(f"--scene {scene[:64]}: no such scene in {index_path(data_root, split)} ({listed})")
+    return frames
+
+
 def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
     """A DatasetFrame from one index entry; paths are resolved against `data_root`."""
     root = Path(data_root)

@@ -148,7 +148,7 @@ def test_triton_streams_a_sequence_as_the_embedded_backend_does(repository, trit
     temporal.write_bytes(build_test_model(INPUT_SIZE, temporal=True))
     write_python_model(repository, "fake-temporal", temporal)
     grpcclient.InferenceServerClient(triton.grpc_url).load_model("fake-temporal")
-    images, calib = frame
+    images, _ = frame
     frames = []
     for k in range(3):
         posed = calibration(SOURCE_SIZE, temporal=True)
