@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # Temporal models (docs/API.md "Temporal models"): sequences held per process, and the history rules of
     # occupancy/sequence.py (the trained frame gap is each model's own, from its metadata).
-    max_sequences: int = Field(100, ge=1, description="sequences kept; beyond, the least recently used goes")
+    max_sequences: int = Field(32, ge=1, description="sequences kept; beyond, the least recently used goes")
     sequence_ttl_s: float = Field(60.0, gt=0, description="a sequence without a frame this long is dropped")
     sequence_tolerance_s: float = Field(_RULES.tolerance_s, ge=0,
                                         description="past frames younger than the trained gap minus this are "

@@ -45,6 +45,7 @@ MAX_BEV_CELLS_DIFFERING = 1e-3  # fraction of BEV cells, for points on cell boun
 # (training/data/synth/world.py FRAME_INTERVAL_S); the served model says so (occ.frame_gap_s).
 TRAINED_FRAME_GAP_S = 0.5
 PARITY_FRAMES = 3  # a temporal model's parity runs a cold start, the second frame and a steady one
+MAX_STATE_ELEMENTS_DIFFERING = 1e-2  # fraction of the state's elements (see SequenceParity)
 
 
 def contract_batch(images: Tensor, intrinsics: Tensor, sensor2ego: Tensor, post_rots: Tensor,
@@ -357,19 +358,31 @@ def check_parity(model: OccupancyModel, onnx_path: Path, inputs: Mapping[str, np
 @dataclass(frozen=True)
 class SequenceParity:
     """A temporal model's parity over a sequence: each frame's Parity, ONNX Runtime chained on its own state
-    and PyTorch on its own, and the largest difference of the state tensors relative to their largest
-    value."""
+    and PyTorch on its own, and how the state tensors compare.
+
+    An element of a state differs when it is off by more than MAX_RELATIVE_DIFF of its tensor's largest
+    value. The cost volume is allowed a few such elements: the reference biases a depth hypothesis whose
+    warped feature is exactly 0 (stereo.cost_volume), and where the feature is 0 around a sample, a grid
+    point a rounding error away decides whether the sample is exactly 0 or not, which moves that pixel's
+    softmax by a lot (a cold start matches the frame against itself, every hypothesis on a pixel centre).
+    A wrong matching or pose changes most elements.
+    """
 
     frames: tuple[Parity, ...]
     max_relative_state_diff: float
+    state_elements_differing: int
+    state_elements: int
 
     @property
     def ok(self) -> bool:
-        return all(frame.ok for frame in self.frames) and self.max_relative_state_diff <= MAX_RELATIVE_DIFF
+        return (all(frame.ok for frame in self.frames)
+                and self.state_elements_differing <= MAX_STATE_ELEMENTS_DIFFERING * self.state_elements)
 
     def summary(self) -> str:
         lines = [f"sequence parity {'ok' if self.ok else 'FAILED'} over {len(self.frames)} frames (history "
-                 f"0, 1, 2...): max state difference {self.max_relative_state_diff:.3g} of its largest value"]
+                 f"0, 1, 2...): state elements differing {self.state_elements_differing} of "
+                 f"{self.state_elements} (largest difference {self.max_relative_state_diff:.3g} of its "
+                 "tensor's largest value)"]
         lines += [f"  frame {index}: {frame.summary()}" for index, frame in enumerate(self.frames)]
         return "\n".join(lines)
 
@@ -382,7 +395,7 @@ def check_sequence_parity(model: nn.Module, onnx_path: Path, frames: list[dict[s
     onnx_run, wrapper = _Instrumented(onnx_path), TemporalExportModel(model).eval()
     outputs = [contract.SEMANTICS, *(tensor.output for tensor in metadata_.state)]
     onnx_state = torch_state = {}
-    results, worst = [], 0.0
+    results, worst, differing, elements = [], 0.0, 0, 0
     for frame in frames:
         (semantics, *onnx_next, onnx_logits, onnx_bev), seconds_onnx = onnx_run.run(outputs,
                                                                                      frame | onnx_state)
@@ -392,12 +405,15 @@ def check_sequence_parity(model: nn.Module, onnx_path: Path, frames: list[dict[s
         torch_logits, torch_next = torch_logits.numpy(), [tensor.numpy() for tensor in torch_next]
         for from_onnx, from_torch in zip(onnx_next, torch_next, strict=True):
             scale = max(float(np.abs(from_torch).max()), 1e-12)
-            worst = max(worst, float(np.abs(from_onnx - from_torch).max()) / scale)
+            relative = np.abs(from_onnx - from_torch) / scale
+            worst = max(worst, float(relative.max()))
+            differing += int((relative > MAX_RELATIVE_DIFF).sum())
+            elements += relative.size
         results.append(_compare(semantics, onnx_logits, torch_logits, onnx_bev, torch_bev, seconds_onnx,
                                 seconds_torch))
         onnx_state = {tensor.name: value for tensor, value in zip(metadata_.state, onnx_next, strict=True)}
         torch_state = {tensor.name: value for tensor, value in zip(metadata_.state, torch_next, strict=True)}
-    return SequenceParity(tuple(results), worst)
+    return SequenceParity(tuple(results), worst, differing, elements)
 
 
 def _props(onnx_path: Path) -> dict[str, str]:
