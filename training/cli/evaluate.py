@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint of `occ train` or a reference one")
     source.add_argument("--onnx", type=Path, help="an exported ONNX model (run with ONNX Runtime; a temporal "
-                        "one streams each scene's frames in order through its state, as the gateway serves it)")
+                        "one streams each scene's frames in order through its state, as it is served)")
     source.add_argument("--pred-dir", type=Path, help="saved predictions <scene>/<token>/pred.npz")
     parser.add_argument("--config", help="model config name (needed for reference checkpoints)")
     parser.add_argument("--data-root", type=Path,
