@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clients.cli_args import add_frame_arguments, add_gateway_arguments
+from clients.cli_args import add_frame_arguments, add_gateway_arguments, gateway_failure
 
 HELP = ("load-test a local gateway with one frame, closed loop (--concurrency) or open loop (--rate), or "
         "with many sequences streaming a scene (--sequences): throughput, latency percentiles, errors, stage "
@@ -37,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     import httpx
 
     from clients.bench import bench, check_bounds, check_rate, require_loopback
@@ -69,12 +67,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = bench(args.url, request, requests, concurrency, args.duration, args.warmup, args.api_key,
                        args.timeout, rate=args.rate)
-    except GatewayError as error:
-        print(f"occ bench: warm-up failed: {error}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as error:
-        print(f"occ bench: cannot reach {args.url} ({error})", file=sys.stderr)
-        return 1
+    except (GatewayError, httpx.HTTPError) as error:
+        return gateway_failure("bench", args.url, error, "warm-up failed: ")
     print(result.summary())
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))
@@ -85,11 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _bench_sequences(args: argparse.Namespace) -> int:
     """`occ bench --sequences S`: S sequences stream a scene of the data root at once."""
-    import sys
-
     import httpx
 
     from clients.bench import SceneFrame, bench_sequences, check_sequences
+    from clients.client import GatewayError
     from clients.dataset import scene_frames
     from occupancy.data_root import load_index
     from occupancy.errors import InputError
@@ -107,9 +100,8 @@ def _bench_sequences(args: argparse.Namespace) -> int:
     try:
         result = bench_sequences(args.url, frames, args.sequences, requests, args.duration, args.api_key,
                                  args.timeout, args.model, args.encoding)
-    except httpx.HTTPError as error:
-        print(f"occ bench: cannot reach {args.url} ({error})", file=sys.stderr)
-        return 1
+    except (GatewayError, httpx.HTTPError) as error:
+        return gateway_failure("bench", args.url, error)
     print(f"{args.sequences} sequences streaming scene {scene} ({len(frames)} frames)")
     print(result.summary())
     if args.json:

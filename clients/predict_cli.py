@@ -4,7 +4,7 @@ a whole scene of a data root in order (a temporal model's sequence), one line pe
 import argparse
 from pathlib import Path
 
-from clients.cli_args import add_frame_arguments, add_gateway_arguments
+from clients.cli_args import add_frame_arguments, add_gateway_arguments, gateway_failure
 
 HELP = ("send one frame (six images + calibration) to the gateway and save the occupancy grid it returns; "
         "or stream a scene's frames in order (--scene)")
@@ -24,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     import httpx
     import numpy as np
 
@@ -38,12 +36,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with OccupancyClient(args.url, args.api_key, args.timeout) as client:
             prediction = client.predict(images, calibration, args.model, args.encoding)
-    except GatewayError as error:
-        print(f"occ predict: {error}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as error:
-        print(f"occ predict: cannot reach {args.url} ({error})", file=sys.stderr)
-        return 1
+    except (GatewayError, httpx.HTTPError) as error:
+        return gateway_failure("predict", args.url, error)
     print(describe(prediction))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _stream_scene(args: argparse.Namespace) -> int:
     """Post the scene's frames one after another; a line per frame, the grids saved and drawn if asked."""
-    import sys
-
     import httpx
     import numpy as np
 
@@ -80,12 +72,8 @@ def _stream_scene(args: argparse.Namespace) -> int:
                 if args.out:
                     args.out.mkdir(parents=True, exist_ok=True)
                     np.save(args.out / f"{number:04d}_{frame.token}.npy", prediction.grid, allow_pickle=False)
-    except GatewayError as error:
-        print(f"occ predict: frame {len(grids)}: {error}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as error:
-        print(f"occ predict: cannot reach {args.url} ({error})", file=sys.stderr)
-        return 1
+    except (GatewayError, httpx.HTTPError) as error:
+        return gateway_failure("predict", args.url, error, f"frame {len(grids)}: ")
     if args.out:
         print(f"saved {len(grids)} grids in {args.out}")
     if args.render:
