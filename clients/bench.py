@@ -1,28 +1,33 @@
 """A bounded HTTP load generator for a gateway on this machine: throughput, latency, errors, stage times.
 
 Closed loop: `C` concurrent workers send one prepared request over and over until `requests` have been
-sent or `duration_s` has passed, whichever comes first. Open loop: frames are offered at a fixed rate
-for `duration_s`, each at its scheduled time whether or not earlier ones were answered, as cameras
-send them; a frame's latency counts from its scheduled time, so time spent queueing anywhere (client
-included) is in it. Closed-loop concurrency alone hides queueing: the offered load falls when the
-server slows down. Only loopback servers are accepted, so it cannot be pointed at someone else's service.
+sent or `duration_s` has passed, whichever comes first. Sequences (temporal models): `S` concurrent
+workers each stream a scene's frames in order under a sequence id of their own, one frame in flight each,
+and start over under a new id (the old one ended with DELETE) until the same limits. Open loop: frames
+are offered at a fixed rate for `duration_s`, each at its scheduled time whether or not earlier ones were
+answered, as cameras send them; a frame's latency counts from its scheduled time, so time spent
+queueing anywhere (client included) is in it. Closed-loop concurrency alone hides queueing: the offered
+load falls when the server slows down. Only loopback servers are accepted, so it cannot be pointed at
+someone else's service.
 """
 
 import asyncio
 import ipaddress
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 
-from clients.client import AsyncOccupancyClient, GatewayError, PredictRequest
+from clients.client import AsyncOccupancyClient, GatewayError, PredictRequest, build_request
+from occupancy.calibration import FrameCalibration
 from occupancy.errors import InputError
 
 MAX_REQUESTS = 10_000
 MAX_CONCURRENCY = 64
+MAX_SEQUENCES = 1000  # sequences streamed at once, one frame in flight each
 MAX_DURATION_S = 600.0
 MAX_RATE = 1000.0  # frames per second offered in open loop
 OPEN_LOOP_CONNECTIONS = 256  # open loop: the client's connection pool, so that it adds no queue of its own
@@ -40,8 +45,9 @@ class BenchResult:
     wall_s: float
     latency_ms: tuple[float, ...]  # client round trips of the successful requests
     server_timing_ms: dict[str, float]  # mean of each timing_ms stage over the successful requests
-    concurrency: int | None  # closed loop; None in open loop
+    concurrency: int | None  # closed loop (sequences: how many at once); None in open loop
     offered_fps: float | None = None  # open loop; None in closed loop
+    histories: dict[str, int] = field(default_factory=dict)  # temporal models: answers by `history`
 
     @property
     def fps(self) -> float:
@@ -63,7 +69,7 @@ class BenchResult:
             "concurrency": self.concurrency, "offered_fps": self.offered_fps, "fps": self.fps,
             "share_503": self.share_overloaded,
             "latency_ms": {f"p{q}": self.percentile(q) for q in PERCENTILES},
-            "server_timing_ms": self.server_timing_ms,
+            "server_timing_ms": self.server_timing_ms, "histories": self.histories,
         }
 
     def summary(self) -> str:
@@ -72,10 +78,12 @@ class BenchResult:
         stages = ", ".join(f"{stage} {ms:.1f}" for stage, ms in self.server_timing_ms.items()) or "n/a"
         load = (f"at concurrency {self.concurrency}" if self.offered_fps is None
                 else f"offered open-loop at {self.offered_fps:g} frames/s")
+        histories = ", ".join(f"{history}: {count}" for history, count in sorted(self.histories.items()))
         return (f"requests {self.requests} (ok {self.ok}, errors: {errors}) in {self.wall_s:.2f} s {load}\n"
                 f"throughput {self.fps:.2f} frames/s; answered 503: {100 * self.share_overloaded:.1f} %\n"
                 f"latency ms: {latency}\n"
-                f"server timing_ms means: {stages}")
+                f"server timing_ms means: {stages}"
+                + (f"\nanswers by sequence history (past frames used): {histories}" if histories else ""))
 
 
 def require_loopback(url: str) -> None:
@@ -122,6 +130,7 @@ class _Outcomes:
         self.latencies: list[float] = []
         self.stages: dict[str, list[float]] = {}
         self.errors: Counter[str] = Counter()
+        self.histories: Counter[str] = Counter()
 
     async def send(self, client: AsyncOccupancyClient, request: PredictRequest,
                    since: float | None = None) -> None:
@@ -142,13 +151,15 @@ class _Outcomes:
             self.latencies.append(prediction.round_trip_ms if since is None else 1000 * (done - since))
             for stage, ms in prediction.timing_ms.items():
                 self.stages.setdefault(stage, []).append(ms)
+            if prediction.sequence:
+                self.histories[str(prediction.sequence["history"])] += 1
 
     def result(self, wall_s: float, concurrency: int | None = None,
                offered_fps: float | None = None) -> BenchResult:
         return BenchResult(requests=self.sent, ok=len(self.latencies), errors=dict(self.errors),
                            wall_s=wall_s, latency_ms=tuple(self.latencies),
                            server_timing_ms={stage: float(np.mean(ms)) for stage, ms in self.stages.items()},
-                           concurrency=concurrency, offered_fps=offered_fps)
+                           concurrency=concurrency, offered_fps=offered_fps, histories=dict(self.histories))
 
 
 async def run_load(client: AsyncOccupancyClient, request: PredictRequest, requests: int,
@@ -166,6 +177,50 @@ async def run_load(client: AsyncOccupancyClient, request: PredictRequest, reques
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return outcomes.result(time.perf_counter() - started, concurrency=concurrency)
+
+
+@dataclass(frozen=True)
+class SceneFrame:
+    """A frame of the scene `run_sequences` streams: its encoded images and calibration."""
+
+    images: dict[str, bytes]
+    calibration: FrameCalibration
+
+
+def check_sequences(sequences: int, requests: int, duration_s: float) -> None:
+    if not 1 <= sequences <= MAX_SEQUENCES:
+        raise InputError(f"--sequences {sequences}: expected 1 to {MAX_SEQUENCES}")
+    check_bounds(requests, 1, duration_s)
+
+
+async def run_sequences(client: AsyncOccupancyClient, scene: list[SceneFrame], sequences: int, requests: int,
+                        duration_s: float, model: str | None = None, encoding: str = "dense") -> BenchResult:
+    """`sequences` workers stream `scene` in order, each under its own sequence ids (see the module doc),
+    until `requests` were sent or `duration_s` passed."""
+    check_sequences(sequences, requests, duration_s)
+    if not scene:
+        raise InputError("--scene: no frames to stream")
+    outcomes = _Outcomes()
+    started = time.perf_counter()
+    deadline = started + duration_s
+
+    def more() -> bool:
+        return outcomes.sent < requests and time.perf_counter() < deadline
+
+    async def worker(number: int) -> None:
+        lap = 0
+        while more():
+            sequence_id = f"bench-{number}-{lap}"
+            for frame in scene:
+                if not more():
+                    break
+                calibration = frame.calibration.model_copy(update={"sequence_id": sequence_id})
+                await outcomes.send(client, build_request(frame.images, calibration, model, encoding))
+            await client.end_sequence(sequence_id)
+            lap += 1
+
+    await asyncio.gather(*(worker(number) for number in range(sequences)))
+    return outcomes.result(time.perf_counter() - started, concurrency=sequences)
 
 
 async def run_open_loop(client: AsyncOccupancyClient, request: PredictRequest, rate: float,
@@ -204,5 +259,19 @@ def bench(url: str, request: PredictRequest, requests: int = 20, concurrency: in
             if rate is None:
                 return await run_load(client, request, requests, concurrency, duration_s)
             return await run_open_loop(client, request, rate, duration_s)
+
+    return asyncio.run(main())
+
+
+def bench_sequences(url: str, scene: list[SceneFrame], sequences: int, requests: int = 20,
+                    duration_s: float = 60.0, api_key: str | None = None, timeout: float = 60.0,
+                    model: str | None = None, encoding: str = "dense") -> BenchResult:
+    """`run_sequences` against a loopback gateway (its sequences' first frames are their warm-up)."""
+    require_loopback(url)
+    check_sequences(sequences, requests, duration_s)
+
+    async def main() -> BenchResult:
+        async with AsyncOccupancyClient(url, api_key, timeout, max_connections=sequences) as client:
+            return await run_sequences(client, scene, sequences, requests, duration_s, model, encoding)
 
     return asyncio.run(main())

@@ -4,10 +4,11 @@ import argparse
 import json
 from pathlib import Path
 
-from clients.cli_args import add_frame_arguments, add_gateway_arguments
+from clients.cli_args import add_frame_arguments, add_gateway_arguments, gateway_failure
 
-HELP = ("load-test a local gateway with one frame, closed loop (--concurrency) or open loop (--rate): "
-        "throughput, latency percentiles, errors, stage times")
+HELP = ("load-test a local gateway with one frame, closed loop (--concurrency) or open loop (--rate), or "
+        "with many sequences streaming a scene (--sequences): throughput, latency percentiles, errors, stage "
+        "times")
 DEFAULT_REQUESTS, DEFAULT_CONCURRENCY = 20, 1
 
 
@@ -19,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"closed loop: requests to send (default: {DEFAULT_REQUESTS})")
     parser.add_argument("--concurrency", type=int,
                         help=f"closed loop: requests in flight (default: {DEFAULT_CONCURRENCY})")
+    parser.add_argument("--sequences", type=int, metavar="S",
+                        help="temporal models: S sequences at once, each streaming --scene's frames in order "
+                             "(one frame in flight each) under its own sequence id; at most 1000")
+    parser.add_argument("--scene", metavar="NAME",
+                        help="with --sequences: the scene streamed (default: the split's first)")
     parser.add_argument("--rate", type=float, metavar="FPS",
                         help="open loop: offer this many frames per second for --duration, each sent on "
                         "time whatever is still unanswered; latency counts from the scheduled time")
@@ -31,8 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     import httpx
 
     from clients.bench import bench, check_bounds, check_rate, require_loopback
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from occupancy.errors import InputError
 
     require_loopback(args.url)
+    if args.sequences is not None:
+        return _bench_sequences(args)
+    if args.scene is not None:
+        raise InputError("--scene: only with --sequences")
     requests = DEFAULT_REQUESTS if args.requests is None else args.requests
     concurrency = DEFAULT_CONCURRENCY if args.concurrency is None else args.concurrency
     if args.rate is None:
@@ -59,15 +67,43 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = bench(args.url, request, requests, concurrency, args.duration, args.warmup, args.api_key,
                        args.timeout, rate=args.rate)
-    except GatewayError as error:
-        print(f"occ bench: warm-up failed: {error}", file=sys.stderr)
-        return 1
-    except httpx.HTTPError as error:
-        print(f"occ bench: cannot reach {args.url} ({error})", file=sys.stderr)
-        return 1
+    except (GatewayError, httpx.HTTPError) as error:
+        return gateway_failure("bench", args.url, error, "warm-up failed: ")
     print(result.summary())
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))
     if args.rate is not None:  # open loop: refusals under overload are a finding, not a failure
         return 0 if result.ok else 1
+    return 0 if result.ok == result.requests else 1
+
+
+def _bench_sequences(args: argparse.Namespace) -> int:
+    """`occ bench --sequences S`: S sequences stream a scene of the data root at once."""
+    import httpx
+
+    from clients.bench import SceneFrame, bench_sequences, check_sequences
+    from clients.client import GatewayError
+    from clients.dataset import scene_frames
+    from occupancy.data_root import load_index
+    from occupancy.errors import InputError
+
+    if args.rate is not None or args.concurrency is not None:
+        raise InputError("--sequences: each sequence has one frame in flight; --rate and --concurrency are "
+                         "for single-frame runs")
+    if args.data_root is None or args.sample is not None or args.index is not None:
+        raise InputError("--sequences: give --data-root (and --scene); the scene's frames are streamed")
+    requests = DEFAULT_REQUESTS if args.requests is None else args.requests
+    check_sequences(args.sequences, requests, args.duration)
+    scene = args.scene or load_index(args.data_root, args.split)[0]["scene_name"]
+    frames = [SceneFrame({name: path.read_bytes() for name, path in frame.images.items()}, frame.calibration)
+              for frame in scene_frames(args.data_root, args.split, scene)]
+    try:
+        result = bench_sequences(args.url, frames, args.sequences, requests, args.duration, args.api_key,
+                                 args.timeout, args.model, args.encoding)
+    except (GatewayError, httpx.HTTPError) as error:
+        return gateway_failure("bench", args.url, error)
+    print(f"{args.sequences} sequences streaming scene {scene} ({len(frames)} frames)")
+    print(result.summary())
+    if args.json:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2))
     return 0 if result.ok == result.requests else 1

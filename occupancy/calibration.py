@@ -104,7 +104,8 @@ class FrameCalibration(_Schema):
     cameras: dict[str, CameraCalibration]
     ego2global: Pose | None = None
     timestamp: Timestamp | None = None
-    sequence_id: Annotated[str, Field(min_length=1)] | None = None
+    # Visible ASCII: it also travels in the X-Sequence-Id header, which a load balancer may hash.
+    sequence_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")] | None = None
 
     @field_validator("cameras", mode="before")
     @classmethod
@@ -149,11 +150,22 @@ class FrameCalibration(_Schema):
         reference composes it (`geometry.sensor_to_key_ego`); a camera without its own pose has the
         frame's. Without per-camera poses these are the cameras' `sensor2ego` as given.
         """
-        sensor2ego = np.stack([self.cameras[name].sensor2ego.matrix() for name in CAMERA_NAMES])
+        sensor2ego = self.mounts_array()
         if self.camera_poses_given():
-            ego2global = np.stack([self._camera_ego2global(name).matrix() for name in CAMERA_NAMES])
+            ego2global = self.camera_ego2global_array()
             sensor2ego = sensor_to_key_ego(sensor2ego, ego2global, ego2global[0])
         return sensor2ego.astype(np.float32)
+
+    def mounts_array(self) -> np.ndarray:
+        """The cameras' `sensor2ego` as given (camera -> its own ego), float64 (6, 4, 4)."""
+        return np.stack([self.cameras[name].sensor2ego.matrix() for name in CAMERA_NAMES])
+
+    def camera_ego2global_array(self) -> np.ndarray:
+        """Each camera's ego pose (its own, else the frame's), float64 (6, 4, 4); InputError without any."""
+        poses = [self._camera_ego2global(name) for name in CAMERA_NAMES]
+        if any(pose is None for pose in poses):
+            raise InputError("calibration: no ego2global, for the frame or its cameras")
+        return np.stack([pose.matrix() for pose in poses])
 
     def ego2global_array(self) -> np.ndarray | None:
         """Ego -> global transform, float32 (4, 4), or None when the frame has no ego2global."""

@@ -3,6 +3,7 @@
 Run it with `occ serve`, or `uvicorn --factory service.main:create_app_from_env`.
 """
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -19,13 +20,14 @@ from occupancy.cameras import CAMERA_NAMES
 from service.api.deps import require_api_key
 from service.api.errors import add_error_handlers
 from service.api.request_metrics import PredictMetrics
-from service.api.routes import health, models, predict
+from service.api.routes import health, models, predict, sequences
 from service.backends.base import Backend
 from service.backends.embedded import EmbeddedBackend
 from service.backends.triton import TritonBackend
 from service.core.admission import Admission, UploadLimit
 from service.core.config import Settings
 from service.core.metrics import Metrics
+from service.core.sequences import SequenceLimits, SequenceStore
 from service.request_body import PredictJSONBody
 from service.state import AppState
 
@@ -33,6 +35,8 @@ log = logging.getLogger("service")
 
 # One thread per camera, as far as there are cores: decoding is CPU work (libjpeg releases the GIL).
 DECODE_THREADS = min(len(CAMERA_NAMES), os.cpu_count() or 1)
+
+SWEEP_S = 10.0  # how often expired sequences are dropped at the latest (sooner with a shorter TTL)
 
 BackendFactory = Callable[[Settings], Backend]
 BACKENDS: dict[str, BackendFactory] = {"embedded": EmbeddedBackend.load, "triton": TritonBackend.load}
@@ -47,10 +51,15 @@ def create_app(settings: Settings | None = None, build_backend: BackendFactory |
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = await run_in_threadpool(build_backend, settings)
         decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="occ-decode")
+        sweeper = None
         try:
-            app.state.occ = _state(settings, backend, decoder)
+            app.state.occ = state = _state(settings, backend, decoder)
+            interval = min(settings.sequence_ttl_s, SWEEP_S)
+            sweeper = asyncio.create_task(state.sequences.sweep_forever(interval))
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
             decoder.shutdown(wait=False, cancel_futures=True)
             await backend.close()
 
@@ -63,6 +72,7 @@ def create_app(settings: Settings | None = None, build_backend: BackendFactory |
     app.include_router(health.router)
     app.include_router(predict.router, dependencies=[Depends(require_api_key)])
     app.include_router(models.router, dependencies=[Depends(require_api_key)])
+    app.include_router(sequences.router, dependencies=[Depends(require_api_key)])
     app.add_middleware(PredictMetrics)
     add_error_handlers(app, settings.retry_after_s)
     app.openapi = lambda: _openapi(app)
@@ -81,7 +91,24 @@ def _state(settings: Settings, backend: Backend, decoder: ThreadPoolExecutor) ->
     log.info("serving %s with backend %s (default %s)", sorted(backend.models), backend.kind, default)
     admission = Admission(settings.max_concurrent, settings.max_queue, metrics)
     uploads = UploadLimit(settings.max_uploads)
-    return AppState(settings, backend, metrics, admission, uploads, decoder, default)
+    limits = SequenceLimits(settings.max_sequences, settings.sequence_ttl_s, settings.sequence_rules(),
+                            settings.max_queue)
+    sequences = SequenceStore(limits, metrics)
+    _log_sequence_bound(sequences, backend.models.values(), settings)
+    return AppState(settings, backend, metrics, admission, uploads, decoder, default, sequences)
+
+
+def _log_sequence_bound(sequences: SequenceStore, models, settings: Settings) -> None:
+    """What the temporal models' sequences can hold at most, logged at start-up."""
+    temporal = [model for model in models if model.temporal]
+    if not temporal:
+        return
+    per_frame = ", ".join(f"{model.name} {model.state_bytes / 2**20:.2f} MiB" for model in temporal)
+    in_flight = settings.max_concurrent * 2 * max(model.state_bytes for model in temporal)
+    log.info("sequence state: at most %d sequences x %d kept frames x the largest state per frame (%s) = "
+             "%.1f MiB, plus %.1f MiB for the frames in flight (OCC_MAX_SEQUENCES, OCC_SEQUENCE_FRAMES)",
+             settings.max_sequences, settings.sequence_frames, per_frame,
+             sequences.bound_bytes(temporal) / 2**20, in_flight / 2**20)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

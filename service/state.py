@@ -8,6 +8,7 @@ from service.core.admission import Admission, UploadLimit
 from service.core.config import Settings
 from service.core.errors import ErrorKind, GatewayError
 from service.core.metrics import Metrics
+from service.core.sequences import SequenceStore
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class AppState:
     uploads: UploadLimit
     decoder: Executor  # decodes a frame's images in parallel (service.pipeline)
     default_model: str
+    sequences: SequenceStore  # temporal models' sequences
 
     def model(self, name: str | None) -> ServedModel:
         """The served model called `name` (the default for None), at the version served now: the request

@@ -34,13 +34,22 @@ from training.publish import Artifact, publish
 _PATTERN_PERIOD = 17 * 32
 
 
+# The state of the temporal test model: small, each camera's per-frame value repeated.
+TEST_STATE = (contract.StateTensor(contract.STATE_STEREO, (6, 4)),
+              contract.StateTensor(contract.STATE_REDUCED, (6, 4)),
+              contract.StateTensor(contract.STATE_COST, (6, 2)))
+
+
 def build_test_model(input_size: tuple[int, int], temporal: bool = False, config: str = "test-fake") -> bytes:
     """A contract-conforming ONNX model whose grid is a deterministic function of every input.
 
-    t = sum over cameras c of (c + 1) * (10 * mean(image_c * pattern) + 1e-3 * sum(K_c) + sum(sensor2ego_c)
-    + 10 * sum(post_rot_c) + sum(post_tran_c)); semantics[x, y, z] = min(|floor(t) + x + 3y + 7z|
-    mod 544, 17) as uint8. `pattern` (3 x H x W, see `pixel_pattern`) weighs every channel, row and
+    t = sum over cameras c of (c + 1) * p_c, p_c = 10 * mean(image_c * pattern) + 1e-3 * sum(K_c) +
+    sum(sensor2ego_c) + 10 * sum(post_rot_c) + sum(post_tran_c); semantics[x, y, z] = min(|floor(t) + x + 3y
+    + 7z| mod 544, 17) as uint8. `pattern` (3 x H x W, see `pixel_pattern`) weighs every channel, row and
     column differently, so swapped channels, a shifted crop or a changed matrix move the whole grid.
+
+    Temporal: t gets 7 * history + sum(state_stereo) + 0.01 * sum(prev_sensor2ego) added, and the state it
+    returns is each camera's p_c, repeated (TEST_STATE): a frame's grid depends on its past frame and history.
     """
     height, width = input_size
     x_size, y_size, z_size = OCC3D_GRID.shape
@@ -91,11 +100,40 @@ def build_test_model(input_size: tuple[int, int], temporal: bool = False, config
         helper.make_node("Min", ["phase", "free"], ["label"]),
         helper.make_node("Cast", ["label"], [contract.SEMANTICS], to=TensorProto.UINT8),
     ]
-    graph = helper.make_graph(nodes, "fake_occupancy", inputs, [output], initializers)
+    outputs = [output]
+    if temporal:
+        _add_temporal(nodes, inputs, outputs, initializers, const)
+    graph = helper.make_graph(nodes, "fake_occupancy", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     helper.set_model_props(model, test_metadata(input_size, temporal, config).to_props())
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _add_temporal(nodes: list, inputs: list, outputs: list, initializers: list, const) -> None:
+    """The temporal test model's inputs, outputs and arithmetic (see build_test_model)."""
+    f32 = TensorProto.FLOAT
+    inputs += [helper.make_tensor_value_info(contract.PREV_SENSOR2EGO, f32, ["B", 6, 4, 4]),
+               helper.make_tensor_value_info(contract.HISTORY, TensorProto.INT32, ["B", 1])]
+    inputs += [helper.make_tensor_value_info(t.name, f32, ["B", *t.shape]) for t in TEST_STATE]
+    outputs += [helper.make_tensor_value_info(t.output, f32, ["B", *t.shape]) for t in TEST_STATE]
+    initializers += [const("axes12", [1, 2], np.int64), const("axes123", [1, 2, 3], np.int64),
+                     const("seven", 7.0), const("hundredth", 0.01)]
+    initializers += [const(f"ones_{t.name}", np.full((1, 1, t.shape[1]), index + 1.0))
+                     for index, t in enumerate(TEST_STATE)]
+    (at,) = [index for index, node in enumerate(nodes) if node.output == ["total"]]
+    nodes[at].output[0] = "frame_total"
+    nodes[at + 1:at + 1] = [
+        helper.make_node("Cast", [contract.HISTORY], ["history_f"], to=f32),
+        helper.make_node("ReduceSum", ["history_f", "axes1"], ["history_sum"], keepdims=0),
+        helper.make_node("Mul", ["history_sum", "seven"], ["history_term"]),
+        helper.make_node("ReduceSum", [contract.STATE_STEREO, "axes12"], ["state_term"], keepdims=0),
+        helper.make_node("ReduceSum", [contract.PREV_SENSOR2EGO, "axes123"], ["prev_sum"], keepdims=0),
+        helper.make_node("Mul", ["prev_sum", "hundredth"], ["prev_term"]),
+        helper.make_node("Sum", ["frame_total", "history_term", "state_term", "prev_term"], ["total"]),
+    ]
+    nodes.append(helper.make_node("Unsqueeze", ["per_camera", "axes2"], ["per_camera_3d"]))
+    nodes += [helper.make_node("Mul", ["per_camera_3d", f"ones_{t.name}"], [t.output]) for t in TEST_STATE]
 
 
 def pixel_pattern(input_size: tuple[int, int]) -> np.ndarray:
@@ -109,9 +147,10 @@ def test_metadata(input_size: tuple[int, int], temporal: bool = False, config: s
                   ) -> contract.ModelMetadata:
     """The occ.* metadata of a test model over the Occ3D grid."""
     grid = OCC3D_GRID
+    extra = {"state": TEST_STATE, "frame_gap_s": 0.5, "test_path": contract.TEST_PATHS[0]} if temporal else {}
     return contract.ModelMetadata(config=config, input_size=tuple(input_size), grid_shape=grid.shape,
                                   range_m=tuple(grid.range_m), voxel_size_m=(grid.voxel_size,) * 3,
-                                  classes=tuple(CLASS_NAMES), temporal=temporal)
+                                  classes=tuple(CLASS_NAMES), temporal=temporal, **extra)
 
 
 test_metadata.__test__ = False  # a helper, not a test

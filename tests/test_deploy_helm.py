@@ -44,6 +44,10 @@ VARIANTS = {
         "triton": {"enabled": False},
         "serviceMonitor": {"enabled": True},
     },
+    "ingress": {
+        "gateway": {"ingress": {"enabled": True, "host": "occ.example.com",
+                                "tls": [{"hosts": ["occ.example.com"], "secretName": "occ-tls"}]}},
+    },
 }
 
 
@@ -109,6 +113,12 @@ def test_selectors_select_the_pods_they_mean(variant):
             assert document["spec"]["selector"].items() <= pods[name].items(), name
             ports = {port["name"] for port in container(rendered[("Deployment", name)])["ports"]}
             assert {port["targetPort"] for port in document["spec"]["ports"]} <= ports
+        elif kind == "Ingress":
+            (rule,) = document["spec"]["rules"]
+            (path,) = rule["http"]["paths"]
+            service = rendered[("Service", path["backend"]["service"]["name"])]
+            ports = {port["name"] for port in service["spec"]["ports"]}
+            assert path["backend"]["service"]["port"]["name"] in ports
         elif kind == "PodDisruptionBudget":
             assert document["spec"]["selector"]["matchLabels"].items() <= pods[GATEWAY].items()
         elif kind == "HorizontalPodAutoscaler":
@@ -129,6 +139,17 @@ def test_selectors_select_the_pods_they_mean(variant):
             assert endpoint["path"] == "/metrics"
             # The job label is the component, as in the compose Prometheus: the alert rules apply as they are.
             assert service["metadata"]["labels"][document["spec"]["jobLabel"]] in {"gateway", "triton"}
+
+
+def test_an_ingress_routes_a_sequence_to_one_replica():
+    ingress = objects(VARIANTS["ingress"])[("Ingress", GATEWAY)]
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/upstream-hash-by":
+                                                  "$http_x_sequence_id"}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ("Ingress", GATEWAY) not in objects({})
+    plain = objects({"gateway": {"ingress": {"enabled": True, "hashSequences": False}}})
+    assert "annotations" not in plain[("Ingress", GATEWAY)]["metadata"]
+    kubernetes_validate.validate(plain[("Ingress", GATEWAY)], KUBERNETES_VERSIONS[0], strict=True)
 
 
 def test_the_gateway_is_non_root_read_only_and_probed():

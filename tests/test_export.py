@@ -49,14 +49,18 @@ def _quiet(_: str) -> None:
 
 
 def input_sensitive_model(name: str, seed: int = 1) -> torch.nn.Module:
-    """Random weights whose classes depend on the input: at initialisation the BEV features are so small
-    that every frame gets the same grid, which would let a broken geometry or pooling pass. Larger
-    BatchNorm gains (as training grows them) carry the input through."""
+    """Random weights whose classes depend on the input (see `amplified`)."""
     torch.manual_seed(seed)
-    model = build_model(get_config(name)).eval()
+    return amplified(build_model(get_config(name)).eval())
+
+
+def amplified(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with its BatchNorm gains tripled, as training grows them: at initialisation the BEV features
+    are so small that every frame gets the same grid, which would let a broken geometry, pooling or
+    history pass."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
                 module.weight.mul_(3.0)
     return model
 

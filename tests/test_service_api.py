@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import (
+    TEST_STATE,
     GatedBackend,
     build_test_model,
     calibration,
@@ -422,8 +423,10 @@ def test_models_listing(client):
     models = {model["name"]: model for model in body["models"]}
     assert models["fake"] == {"name": "fake", "version": "3", "versions": ["1", "3"], "config": "test-fake",
                               "input_size": list(INPUT_SIZE), "temporal": False, "backend": "embedded",
-                              "default": True}
-    assert models["fake-temporal"]["temporal"] is True
+                              "default": True, "state_bytes": None, "frame_gap_s": None}
+    temporal = models["fake-temporal"]
+    assert temporal["temporal"] is True and temporal["frame_gap_s"] == 0.5
+    assert temporal["state_bytes"] == sum(4 * math.prod(t.shape) for t in TEST_STATE) == 240
 
 
 def test_health_and_readiness(client, settings):

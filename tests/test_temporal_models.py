@@ -354,7 +354,7 @@ def test_the_bev_encoder_sees_t_minus_1_then_t_as_the_reference_concatenates():
 def test_stream_needs_the_previous_cameras_with_a_state():
     model = _built(_stream_config(False))
     batch = Sequence(1, model.img_view_transformer.input_size).batch(0)
-    empty = StreamState(torch.zeros(0), torch.zeros(0), torch.zeros(0), 0)
+    empty = StreamState(torch.zeros(0), torch.zeros(0), torch.zeros(0), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="previous frame's cameras"):
         model.stream(batch, empty)
 

@@ -138,6 +138,40 @@ def test_triton_and_embedded_give_the_same_grid(repository, triton, frame, onnx_
                 in metrics)
 
 
+def test_triton_streams_a_sequence_as_the_embedded_backend_does(repository, triton, frame, tmp_path):
+    """A temporal model on the python backend: the gateway sends the state as tensors and gets the next
+    one back; three frames give the embedded backend's grids and histories."""
+    import tritonclient.grpc as grpcclient
+
+    temporal = tmp_path / "temporal.onnx"
+    temporal.write_bytes(build_test_model(INPUT_SIZE, temporal=True))
+    write_python_model(repository, "fake-temporal", temporal)
+    grpcclient.InferenceServerClient(triton.grpc_url).load_model("fake-temporal")
+    images, _ = frame
+    frames = []
+    for k in range(3):
+        posed = calibration(SOURCE_SIZE, temporal=True)
+        posed["timestamp"] += 500_000 * k
+        posed["ego2global"]["translation"][0] += 2.0 * k
+        frames.append(multipart_files(images, posed))
+
+    async def scenario():
+        answers = {}
+        for backend in ("embedded", "triton"):
+            settings = settings_for(repository, backend, triton, default_model="fake-temporal")
+            async with gateway(settings) as client:
+                answers[backend] = [await client.post("/predict", files=files) for files in frames]
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [r.json()["sequence"]["history"] for r in answers["triton"]] == [0, 1, 2]
+    grids = {backend: [grid_of(r) for r in responses] for backend, responses in answers.items()}
+    for k in range(3):
+        np.testing.assert_array_equal(grids["triton"][k], grids["embedded"][k], err_msg=f"frame {k}")
+        assert answers["triton"][k].json()["sequence"] == answers["embedded"][k].json()["sequence"]
+    assert (grids["triton"][2] != grids["triton"][0]).any()
+
+
 def test_discovery_checks_triton_models_against_the_contract(repository, triton, tmp_path):
     import tritonclient.grpc as grpcclient
     from test_triton_config import write_tiny_model
@@ -184,11 +218,14 @@ class ScriptedClient:
     def __init__(self, statuses: list[str], answer=None):
         self.statuses, self.answer, self.calls = list(statuses), answer, []
 
-    async def infer(self, model, inputs, outputs, client_timeout):
+    async def infer(self, model, inputs, outputs, client_timeout, model_version=""):
         self.calls.append((time.monotonic(), client_timeout))
         if self.statuses:
             raise InferenceServerException("scripted failure", status=self.statuses.pop(0))
         return self.answer
+
+    async def get_model_metadata(self, *args, **kwargs):  # a re-read after NOT_FOUND: Triton is gone
+        raise InferenceServerException("scripted: no metadata", status="StatusCode.UNAVAILABLE")
 
 
 def scripted_backend(statuses: list[str], answer=None, **settings) -> tuple[TritonBackend, ScriptedClient]:
@@ -200,7 +237,7 @@ def scripted_backend(statuses: list[str], answer=None, **settings) -> tuple[Trit
 
 
 def test_unavailable_is_retried_with_backoff_then_503_and_a_deadline_never():
-    inputs = warmup_inputs(INPUT_SIZE)
+    inputs = warmup_inputs(test_metadata(INPUT_SIZE))
 
     async def attempt(backend):
         try:
@@ -237,7 +274,7 @@ def test_inputs_refused_after_a_swap_to_another_input_size_are_503_and_reread():
 
     async def attempt():
         try:
-            return await backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE))
+            return await backend.infer(backend.models[MODEL], warmup_inputs(test_metadata(INPUT_SIZE)))
         except Exception as error:
             return error
 
@@ -465,7 +502,7 @@ def test_a_restricted_triton_lets_only_key_holders_control_models(repository, mo
         monkeypatch.setenv(TRITON_KEY_ENV, key)
         assert load_in_triton(server.grpc_url, MODEL, 1, timeout_s=30) >= 0
         backend = TritonBackend.load(Settings(**startup))  # the key from the environment
-        answer = asyncio.run(backend.infer(backend.models[MODEL], warmup_inputs(INPUT_SIZE)))
+        answer = asyncio.run(backend.infer(backend.models[MODEL], warmup_inputs(test_metadata(INPUT_SIZE))))
         assert answer.semantics.shape == (1, 200, 200, 16)
     finally:
         server.kill()

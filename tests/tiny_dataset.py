@@ -53,6 +53,7 @@ MICRO_TEMPORAL_CONFIG = replace(
 )
 EGO_SPEED_M_PER_FRAME = 2.0
 CAMERA_INTERVAL_FRACTION = 0.016  # of a frame interval between consecutive cameras (8 ms of 0.5 s)
+KEYFRAME_INTERVAL_US = 500_000
 NO_IMAGE_AUGMENT = AugmentConfig(resize_lim=(0.0, 0.0), rot_lim=(0.0, 0.0), flip=False)
 
 
@@ -88,18 +89,25 @@ def write_tiny_dataset(root: Path, scenes: int = 2, frames: int = 2, val_scenes:
                 cv2.imwrite(str(root / path), image)
                 fired = frame + index * CAMERA_INTERVAL_FRACTION
                 cameras[name] = {"image_path": path, **camera(name, image_size),
-                                 "ego2global": ego_pose(scene_index, fired)}
+                                 "ego2global": ego_pose(scene_index, fired), "timestamp": timestamp_us(fired)}
             occ_path = labels_path(scene, token)
             write_labels(root / occ_path, rng.integers(0, 18, (200, 200, 16), dtype=np.uint8),
                          rng.random((200, 200, 16)) < 0.5)
             last = frame + 1 == frames
             splits[split].append({"token": token, "scene_name": scene, "scene_token": scene,
-                                  "frame_index": frame, "cameras": cameras, "occ_path": occ_path,
+                                  "frame_index": frame, "timestamp": timestamp_us(frame),
+                                  "ego2global": ego_pose(scene_index, frame), "cameras": cameras,
+                                  "occ_path": occ_path,
                                   "prev": f"{scene_index:04d}{frame - 1:04d}" if frame else None,
                                   "next": None if last else f"{scene_index:04d}{frame + 1:04d}"})
     for split, samples in splits.items():
         write_index(root, "tiny", split, samples)
     return root
+
+
+def timestamp_us(frame: float) -> int:
+    """Microseconds at `frame` keyframes into a scene (0.5 s apart, as nuScenes' samples)."""
+    return 1_533_151_603_547_590 + round(frame * KEYFRAME_INTERVAL_US)
 
 
 def ego_pose(scene_index: int, frame: float) -> dict:

@@ -19,12 +19,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from occupancy import model_contract
-from occupancy.data_root import LABELS_FILE, read_labels
+from occupancy.cameras import CAMERA_NAMES
+from occupancy.data_root import LABELS_FILE, SampleEntry, read_labels
 from occupancy.errors import InputError
 from occupancy.geometry import pose_matrix
 from occupancy.metrics import OccupancyMetric
+from occupancy.model_contract import ModelMetadata
 from occupancy.network_input import FAST, Resampling
 from occupancy.ray_metrics import THRESHOLDS_M, FramePose, RayMetric, ray_origins
+from occupancy.sequence import FrameMotion, PastFrame, SequenceHistory, SequenceRules, model_inputs
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
 
 PREDICTION_FILE = "pred.npz"
@@ -101,7 +104,9 @@ def predict_torch(model: torch.nn.Module, loader: DataLoader, device: torch.devi
 
 
 def onnx_session(path: Path):
-    """An ONNX Runtime session on the best provider; InputError unless its inputs are the contract's."""
+    """An ONNX Runtime session on the best provider and what the model says of itself; InputError unless its
+    inputs are the contract's (a temporal model's too), or for a model exported for another channel order
+    (fed B, G, R it would be silently wrong)."""
     import onnxruntime
 
     if not path.is_file():
@@ -112,24 +117,61 @@ def onnx_session(path: Path):
         session = onnxruntime.InferenceSession(str(path), providers=providers)
     except Exception as error:  # onnxruntime raises its own types for unreadable models
         raise InputError(f"--onnx {path}: not a loadable ONNX model ({error})") from None
+    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, "--onnx")
     names = tuple(node.name for node in session.get_inputs())
-    if set(names) != set(model_contract.INPUT_NAMES):
-        raise InputError(f"--onnx {path}: inputs {names}, expected {model_contract.INPUT_NAMES}")
-    return session
+    if set(names) != set(metadata.input_names):
+        raise InputError(f"--onnx {path}: inputs {names}, expected {metadata.input_names}")
+    return session, metadata
 
 
-def onnx_input_size(session) -> tuple[int, int]:
-    """The model's (H, W) from its occ.* metadata; InputError for a model without it, or one exported for
-    another channel order (fed B, G, R it would be silently wrong)."""
-    props = session.get_modelmeta().custom_metadata_map
-    return model_contract.ModelMetadata.from_props(props, "--onnx").input_size
+def predict_onnx(session, metadata: ModelMetadata, loader: DataLoader,
+                 rules: SequenceRules | None = None) -> Predictions:
+    """Classes from the exported graph, fed the contract's inputs (uint8 B, G, R images, float32 geometry).
 
-
-def predict_onnx(session, loader: DataLoader) -> Predictions:
-    """Classes from the exported graph, fed the contract's inputs (uint8 B, G, R images, float32 geometry)."""
+    A temporal model streams each scene's frames in index order (the loader's) through its state, with the
+    history the gateway would give them (occupancy.sequence `rules`, the model's trained frame gap): the
+    exported model's accuracy the way it is served.
+    """
+    if metadata.temporal:
+        rules = (rules or SequenceRules()).for_model(metadata.frame_gap_s)
+        yield from _stream_onnx(session, metadata, loader, rules)
+        return
     for batch in loader:
         (semantics,) = session.run([model_contract.SEMANTICS], batch.contract_inputs())
         yield batch, semantics.astype(np.uint8)
+
+
+def _stream_onnx(session, metadata: ModelMetadata, loader: DataLoader, rules: SequenceRules) -> Predictions:
+    samples = loader.dataset.samples  # in the loader's order: it does not shuffle
+    zero_state = model_contract.zero_state(metadata.state)
+    scene, history, position = None, SequenceHistory(rules), 0
+    for batch in loader:
+        inputs = batch.contract_inputs()
+        classes = []
+        for i in range(len(batch.tokens)):
+            entry = samples[position]
+            position += 1
+            if entry["scene_name"] != scene:  # one scene at a time: a finished one's states are let go
+                scene, history = entry["scene_name"], SequenceHistory(rules)
+            frame = {name: value[i:i + 1] for name, value in inputs.items()}
+            motion = entry_motion(entry, frame)
+            step = history.step(motion)
+            semantics, *state = session.run(list(metadata.output_names),
+                                            frame | model_inputs(step, motion, zero_state))
+            kept = {tensor.name: value for tensor, value in zip(metadata.state, state, strict=True)}
+            history.keep(PastFrame(motion, step.history, kept))
+            classes.append(semantics.astype(np.uint8))
+        yield batch, np.concatenate(classes)
+
+
+def entry_motion(entry: SampleEntry, frame: Mapping[str, np.ndarray]) -> FrameMotion:
+    """An index entry's FrameMotion (its sample timestamp, each camera's mounting and ego pose), with the
+    intrinsics and image transform of its contract inputs `frame` (batch 1)."""
+    cameras = [entry["cameras"][name] for name in CAMERA_NAMES]
+    return FrameMotion.of(entry["timestamp"], np.stack([pose_matrix(**c["sensor2ego"]) for c in cameras]),
+                          np.stack([pose_matrix(**c["ego2global"]) for c in cameras]),
+                          frame[model_contract.INTRINSICS][0], frame[model_contract.POST_ROTS][0],
+                          frame[model_contract.POST_TRANS][0])
 
 
 def accumulate(predictions: Predictions, save_dir: Path | None = None,

@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -11,7 +11,7 @@ from occupancy.model_contract import ModelMetadata
 from service.core.errors import ErrorKind, GatewayError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServedModel(ModelMetadata):
     """One served model version: what its metadata says, and where it stands in the repository."""
 
@@ -34,6 +34,8 @@ class Inference:
 
     semantics: np.ndarray  # uint8 [B, X, Y, Z]
     model: ServedModel
+    # Temporal models: the state the frame leaves, by the state input the next frame reads it from.
+    state: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 class BackendUnavailable(GatewayError):
@@ -63,7 +65,8 @@ class Backend(ABC):
 
     @abstractmethod
     async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> Inference:
-        """`semantics` of one batch and the version that answered; must not block the event loop.
+        """`semantics` of one batch (and a temporal model's state) and the version that answered; must not
+        block the event loop. `inputs` holds `model.input_names`.
 
         `model` is what the request resolved (from `models`) and made its inputs for: a version swapped
         in since must not run them with another input size. Raises BackendUnavailable when the backend

@@ -83,11 +83,12 @@ class EmbeddedBackend(Backend):
         session = self._sessions.get(id(model))
         if session is None:
             raise BackendUnavailable(f"model {model.name} version {model.version} is not loaded here")
-        feeds = {name: inputs[name] for name in contract.INPUT_NAMES}
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            self._executor, session.run, [contract.SEMANTICS], feeds
+        feeds = {name: inputs[name] for name in model.input_names}
+        semantics, *state = await asyncio.get_running_loop().run_in_executor(
+            self._executor, session.run, list(model.output_names), feeds
         )
-        return Inference(outputs[0], model)
+        return Inference(semantics, model, {tensor.name: value for tensor, value in zip(model.state, state,
+                                                                                         strict=True)})
 
     def refresh(self) -> list[str]:
         """Swap in the newest version of every model whose newest version changed, and start serving a
@@ -106,7 +107,7 @@ class EmbeddedBackend(Backend):
             started = time.perf_counter()
             try:
                 fresh = _load(entry, self._options)
-                fresh.session.run([contract.SEMANTICS], warmup_inputs(fresh.model.input_size))
+                fresh.session.run([contract.SEMANTICS], warmup_inputs(fresh.model))
             except Exception as error:  # a broken version must never replace a working one
                 self._failed.add((name, stamp))
                 log.error("model %s version %s: not served, it failed to load or warm up: %s",
@@ -156,17 +157,18 @@ def _load(entry: ModelVersions, options: ort.SessionOptions) -> _Loaded:
     stamp = _stamp(entry)
     path = entry.onnx_path(entry.latest)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    _check_signature(session, path)
     metadata = session.get_modelmeta().custom_metadata_map
     model = ServedModel.described(entry.name, str(entry.latest), _names(entry), metadata, str(path))
+    _check_signature(session, model, path)
     return _Loaded(model, session, stamp)
 
 
-def _check_signature(session: ort.InferenceSession, path) -> None:
+def _check_signature(session: ort.InferenceSession, model: ServedModel, path) -> None:
+    """The graph takes and returns what the contract says a model of its kind (temporal or not) does."""
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    if inputs != set(contract.INPUT_NAMES) or contract.SEMANTICS not in outputs:
+    if inputs != set(model.input_names) or not set(model.output_names) <= outputs:
         raise InputError(
             f"{path}: inputs {sorted(inputs)} and outputs {sorted(outputs)} do not match the model contract "
-            f"(inputs {list(contract.INPUT_NAMES)}, output {contract.SEMANTICS!r}); re-export the model"
+            f"(inputs {list(model.input_names)}, outputs {list(model.output_names)}); re-export the model"
         )

@@ -47,7 +47,8 @@ from service.core.config import Settings
 
 log = logging.getLogger("service.triton")
 
-# What service.pipeline.prepare_inputs sends: the model must take exactly these.
+# What service.pipeline.prepare_inputs sends: the model must take exactly these; a temporal model also
+# what the gateway's sequence store sends (the previous frame's cameras, the history, the state).
 SENT_DATATYPES: dict[str, str] = {
     contract.IMAGES: "UINT8",
     contract.INTRINSICS: "FP32",
@@ -55,6 +56,7 @@ SENT_DATATYPES: dict[str, str] = {
     contract.POST_ROTS: "FP32",
     contract.POST_TRANS: "FP32",
 }
+TEMPORAL_DATATYPES: dict[str, str] = {contract.PREV_SENSOR2EGO: "FP32", contract.HISTORY: "INT32"}
 SEMANTICS_DATATYPE = "UINT8"
 
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
@@ -94,7 +96,6 @@ class TritonBackend(Backend):
         self._client: grpcaio.InferenceServerClient | None = None
         self._refresh: asyncio.Task | None = None
         self._refreshed_at = time.monotonic()
-        self._outputs = [grpcaio.InferRequestedOutput(contract.SEMANTICS)]
 
     @classmethod
     def load(cls, settings: Settings) -> "TritonBackend":
@@ -120,9 +121,14 @@ class TritonBackend(Backend):
         return self._models
 
     async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> Inference:
-        tensors = [_infer_input(name, inputs[name]) for name in contract.INPUT_NAMES]
-        result = await self._infer_with_retries(model.name, tensors)
+        """Triton's answer; a temporal model's state travels both ways as tensors (any Triton backend runs
+        it) and its request names the version the state is of, so no other version ever reads it."""
+        tensors = [_infer_input(name, inputs[name]) for name in model.input_names]
+        outputs = [grpcaio.InferRequestedOutput(name) for name in model.output_names]
+        version = model.version if model.temporal else ""
+        result = await self._infer_with_retries(model.name, tensors, outputs, version)
         semantics = result.as_numpy(contract.SEMANTICS)
+        state = {tensor.name: result.as_numpy(tensor.output) for tensor in model.state}
         version = result.get_response().model_version
         served = self._models[model.name]
         if version and version != served.version:
@@ -130,15 +136,17 @@ class TritonBackend(Backend):
             served = dataclasses.replace(served, version=version)
         else:
             self._refresh_soon()
-        return Inference(semantics, served)
+        return Inference(semantics, served, state)
 
-    async def _infer_with_retries(self, model: str, tensors: list[grpcaio.InferInput]) -> grpcaio.InferResult:
+    async def _infer_with_retries(self, model: str, tensors: list[grpcaio.InferInput],
+                                  outputs: list[grpcaio.InferRequestedOutput], version: str = "",
+                                  ) -> grpcaio.InferResult:
         settings = self._settings
         deadline = time.monotonic() + settings.triton_timeout_s
         attempt = 0
         while True:
             try:
-                return await self._connect().infer(model, tensors, outputs=self._outputs,
+                return await self._connect().infer(model, tensors, model_version=version, outputs=outputs,
                                                    client_timeout=max(deadline - time.monotonic(), 1e-3))
             except InferenceServerException as error:
                 status = error.status()
@@ -146,6 +154,7 @@ class TritonBackend(Backend):
                     message = f"backend: no answer within {settings.triton_timeout_s} s"
                     raise BackendTimeout(message) from error
                 if status == NOT_FOUND:
+                    self._refresh_soon(force=True)  # e.g. the version a temporal request pinned is gone
                     raise BackendUnavailable(f"triton does not serve {model!r} now") from error
                 if status == INVALID_ARGUMENT:
                     self._refresh_soon(force=True)
@@ -273,15 +282,6 @@ def _describe(
 ) -> ServedModel:
     """The ServedModel of Triton's metadata and config; InputError if it breaks the model contract."""
     source = f"triton {url} model {metadata.name!r}"
-    inputs = {tensor.name: tensor for tensor in metadata.inputs}
-    outputs = {tensor.name: tensor for tensor in metadata.outputs}
-    served_types = {name: tensor.datatype for name, tensor in inputs.items()}
-    semantics = outputs.get(contract.SEMANTICS)
-    if served_types != SENT_DATATYPES or semantics is None or semantics.datatype != SEMANTICS_DATATYPE:
-        served_outputs = {name: tensor.datatype for name, tensor in outputs.items()}
-        raise InputError(f"{source}: inputs {served_types} and outputs {served_outputs} do not match what "
-                         f"the gateway sends ({SENT_DATATYPES}) and reads ({contract.SEMANTICS}: "
-                         f"{SEMANTICS_DATATYPE}); re-export the model")
     if config.config.max_batch_size < 1:
         raise InputError(f"{source}: max_batch_size {config.config.max_batch_size}, but the gateway "
                          "sends a batch dimension")
@@ -290,11 +290,29 @@ def _describe(
     if not versions:
         raise InputError(f"{source}: no version is ready")
     model = ServedModel.described(metadata.name, versions[-1], versions, parameters, source)
+    inputs = {tensor.name: tensor for tensor in metadata.inputs}
+    outputs = {tensor.name: tensor for tensor in metadata.outputs}
+    served_types = {name: tensor.datatype for name, tensor in inputs.items()}
+    served_outputs = {name: tensor.datatype for name, tensor in outputs.items()}
+    sent, read = _datatypes(model)
+    if served_types != sent or any(served_outputs.get(name) != datatype for name, datatype in read.items()):
+        raise InputError(f"{source}: inputs {served_types} and outputs {served_outputs} do not match what "
+                         f"the gateway sends ({sent}) and reads ({read}); re-export the model")
     image_shape = tuple(inputs[contract.IMAGES].shape)  # [-1, 6, 3, H, W]
     if image_shape[-2:] != model.input_size:
         raise InputError(f"{source}: images of shape {list(image_shape)}, but occ.input_size is "
                          f"{list(model.input_size)}")
     return model
+
+
+def _datatypes(model: ServedModel) -> tuple[dict[str, str], dict[str, str]]:
+    """The Triton datatypes of what the gateway sends a model and reads from it."""
+    sent, read = dict(SENT_DATATYPES), {contract.SEMANTICS: SEMANTICS_DATATYPE}
+    if model.temporal:
+        sent |= TEMPORAL_DATATYPES
+        for tensor in model.state:
+            sent[tensor.name] = read[tensor.output] = np_to_triton_dtype(np.dtype(tensor.dtype))
+    return sent, read
 
 
 def _infer_input(name: str, array: np.ndarray) -> grpcaio.InferInput:

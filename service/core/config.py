@@ -3,10 +3,13 @@
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from occupancy.network_input import FAST, Resampling
+from occupancy.sequence import SequenceRules
+
+_RULES = SequenceRules()  # the defaults of the sequence rules, spelled once (occupancy/sequence.py)
 
 # The Triton-layout model repository committed next to the code: <name>/config.pbtxt, <name>/<version>/.
 DEFAULT_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -51,10 +54,33 @@ class Settings(BaseSettings):
     max_queue: int = Field(8, ge=0, description="frames waiting for a slot; beyond that, 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503")
 
+    # Temporal models (docs/API.md "Temporal models"): sequences held per process, and the history rules of
+    # occupancy/sequence.py (the trained frame gap is each model's own, from its metadata).
+    max_sequences: int = Field(32, ge=1, description="sequences kept; beyond, the least recently used goes")
+    sequence_ttl_s: float = Field(60.0, gt=0, description="a sequence without a frame this long is dropped")
+    sequence_tolerance_s: float = Field(_RULES.tolerance_s, ge=0,
+                                        description="past frames younger than the trained gap minus this are "
+                                                    "not used")
+    sequence_max_gap_s: float = Field(_RULES.max_gap_s, gt=0,
+                                      description="a frame this much after the last one starts over")
+    sequence_max_jump_m: float = Field(_RULES.max_jump_m, gt=0,
+                                       description="an ego move this large since the last frame starts over")
+    sequence_frames: int = Field(_RULES.max_frames, ge=1, description="past frames kept per sequence")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Comma-separated in the environment; empty: no authentication.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    def sequence_rules(self) -> SequenceRules:
+        """The history rules of these settings (SequenceRules.for_model puts in a model's trained gap)."""
+        return SequenceRules(_RULES.frame_gap_s, self.sequence_tolerance_s, self.sequence_max_gap_s,
+                             self.sequence_max_jump_m, self.sequence_frames)
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> "Settings":
+        self.sequence_rules()  # ValueError naming the rule broken
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -45,6 +45,19 @@ class Metrics:
                                registry=r).labels(self.backend)
         self.queued = Gauge("occ_requests_queued", "Frames waiting for a processing slot.", ("backend",),
                             registry=r).labels(self.backend)
+        # Temporal models' sequences (service/core/sequences.py).
+        self.sequences = Gauge("occ_sequences_active", "Sequences of temporal models held now.", ("backend",),
+                               registry=r).labels(self.backend)
+        self.sequence_bytes = Gauge("occ_sequence_state_bytes", "Bytes of the states the sequences keep.",
+                                    ("backend",), registry=r).labels(self.backend)
+        self.sequence_evictions = Counter("occ_sequence_evictions", "Sequences dropped: lru (over "
+                                          "OCC_MAX_SEQUENCES) or ttl (idle for OCC_SEQUENCE_TTL_S).",
+                                          ("backend", "reason"), registry=r)
+        self.sequence_resets = Counter("occ_sequence_resets", "Frames that started their sequence over, by "
+                                       "reason.", ("backend", "reason"), registry=r)
+        self.sequence_frames = Counter("occ_sequence_frames", "Frames of temporal models by the real past "
+                                       "frames they used (0: a cold start).", ("backend", "history"),
+                                       registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open file descriptors
 
     def count_request(self, model: str, status: int, encoding: str) -> None:
@@ -56,6 +69,19 @@ class Metrics:
     def observe_timings(self, timings_ms: dict[str, float]) -> None:
         for stage, milliseconds in timings_ms.items():
             self.stage_latency.labels(backend=self.backend, stage=stage).observe(milliseconds / 1000.0)
+
+    def set_sequences(self, count: int, nbytes: int) -> None:
+        self.sequences.set(count)
+        self.sequence_bytes.set(nbytes)
+
+    def count_sequence_eviction(self, reason: str) -> None:
+        self.sequence_evictions.labels(backend=self.backend, reason=reason).inc()
+
+    def count_sequence_reset(self, reason: str) -> None:
+        self.sequence_resets.labels(backend=self.backend, reason=reason).inc()
+
+    def count_sequence_frame(self, history: int) -> None:
+        self.sequence_frames.labels(backend=self.backend, history=str(history)).inc()
 
     def follow_models(self, models: Callable[[], Mapping[str, DescribedModel]]) -> None:
         """Export `occ_model_info` from `models()` at every scrape, so a new version shows at once."""

@@ -12,7 +12,8 @@ HELP = ("Evaluate occupancy (Occ3D per-class IoU and mIoU, SparseOcc's RayIoU at
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint of `occ train` or a reference one")
-    source.add_argument("--onnx", type=Path, help="an exported ONNX model (run with ONNX Runtime)")
+    source.add_argument("--onnx", type=Path, help="an exported ONNX model (run with ONNX Runtime; a temporal "
+                        "one streams each scene's frames in order through its state, as it is served)")
     source.add_argument("--pred-dir", type=Path, help="saved predictions <scene>/<token>/pred.npz")
     parser.add_argument("--config", help="model config name (needed for reference checkpoints)")
     parser.add_argument("--data-root", type=Path,
@@ -56,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                         args.num_workers, args.resampling, history_frames)
 
         if args.onnx:
-            session = evaluate.onnx_session(args.onnx)
-            predictions = evaluate.predict_onnx(session, loader(evaluate.onnx_input_size(session)))
+            session, metadata = evaluate.onnx_session(args.onnx)
+            predictions = evaluate.predict_onnx(session, metadata, loader(metadata.input_size))
         else:
             model, config = load_model(args.checkpoint, args.config)
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

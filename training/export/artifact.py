@@ -3,7 +3,8 @@ scratch folder. Publishing (training/publish.py) is the only thing that places a
 repository, so `occ export`, `occ publish --checkpoint` and `occ refresh` all end in one writer.
 
 The ONNX Runtime FP32 output must match PyTorch on a frame of the nuScenes-like rig
-(training/export/rig.py), else no artifact is made.
+(training/export/rig.py), for a temporal model on a three-frame drive through it (cold start, second
+frame, steady), else no artifact is made.
 """
 
 import shutil
@@ -15,8 +16,17 @@ from pathlib import Path
 import torch
 
 from occupancy.errors import InputError
+from occupancy.model_contract import ModelMetadata
 from occupancy.model_repository import ONNX_FILE, PLAN_FILE, WARMUP_DIR, Runtime
-from training.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, check_parity, export_onnx, sample_inputs
+from training.export.onnx_export import (
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    check_parity,
+    check_sequence_parity,
+    export_onnx,
+    sample_inputs,
+    sequence_inputs,
+)
 from training.export.triton_config import read_signature, write_warmup_sample
 from training.models.checkpoint import load_model
 from training.models.configs import ModelConfig, build_model
@@ -71,8 +81,7 @@ def export_artifact(config: ModelConfig, checkpoint: Path | None, scratch: Path,
     started = time.perf_counter()
     export_onnx(model, config, onnx_path, opset, runtime)
     log(f"exported in {time.perf_counter() - started:.1f} s, {onnx_path.stat().st_size / 2**20:.1f} MiB")
-    log("checking ONNX Runtime FP32 against PyTorch on a frame of the nuScenes-like rig")
-    parity = check_parity(model, onnx_path, sample_inputs(config))
+    parity = _check(model, config, onnx_path, log)
     log(parity.summary())
     if not parity.ok:
         raise InputError(f"{config.name}: the exported graph does not match PyTorch ({parity.summary()}); "
@@ -86,6 +95,21 @@ def export_artifact(config: ModelConfig, checkpoint: Path | None, scratch: Path,
     return Artifact(onnx_path, plan, warmup, cards)
 
 
+def _check(model, config: ModelConfig, onnx_path: Path, log: Callable[[str], None]):
+    """The parity of the exported graph: on a frame, or for a temporal model on a streamed sequence."""
+    if not config.temporal:
+        log("checking ONNX Runtime FP32 against PyTorch on a frame of the nuScenes-like rig")
+        return check_parity(model, onnx_path, sample_inputs(config))
+    log("checking ONNX Runtime FP32 against PyTorch's streamed forward (equal to the offline three-frame "
+        "one) on a three-frame drive of the nuScenes-like rig")
+    state = _metadata(onnx_path).state
+    return check_sequence_parity(model, onnx_path, sequence_inputs(config, state))
+
+
+def _metadata(onnx_path: Path) -> ModelMetadata:
+    return ModelMetadata.from_props(read_signature(onnx_path).metadata, str(onnx_path))
+
+
 def _build_engine(config: ModelConfig, onnx_path: Path, scratch: Path, engine: EngineOptions,
                   log: Callable[[str], None]) -> tuple[Path, Path]:
     """model.plan (FP16, batch 1..max_batch) and the warm-up frame folder, built from `onnx_path`."""
@@ -96,6 +120,10 @@ def _build_engine(config: ModelConfig, onnx_path: Path, scratch: Path, engine: E
     build = build_engine(onnx_path, scratch / PLAN_FILE, max_batch=engine.max_batch,
                          workspace_gb=engine.workspace_gb, timing_cache=engine.timing_cache)
     log(f"engine built in {build.seconds:.1f} s with TensorRT {build.tensorrt_version}")
-    frame = {key: value[0] for key, value in sample_inputs(config).items()}
+    if config.temporal:
+        inputs = sequence_inputs(config, _metadata(onnx_path).state, 1)[0]
+    else:
+        inputs = sample_inputs(config)
+    frame = {key: value[0] for key, value in inputs.items()}
     write_warmup_sample(scratch / WARMUP_DIR, read_signature(onnx_path), frame)
     return build.plan_path, scratch / WARMUP_DIR

@@ -12,6 +12,7 @@ Shapes in a config leave out the batch dimension (Triton adds it: `max_batch_siz
 """
 
 import importlib.resources
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,9 +196,14 @@ def python_backend_source() -> Path:
 
 
 def check_contract(signature: ModelSignature, onnx_path: Path) -> None:
-    """The model must have the inputs and output of occupancy.model_contract: the gateway sends those."""
+    """The model must have the inputs and outputs of occupancy.model_contract (a temporal model's state too):
+    the gateway sends and reads those."""
+    temporal = json.loads(signature.metadata.get(contract.META_TEMPORAL, "false")) is True
+    inputs = contract.INPUT_NAMES + (contract.TEMPORAL_INPUT_NAMES if temporal else ())
+    outputs = (contract.SEMANTICS, *(map(contract.next_state, contract.STATE_NAMES) if temporal else ()))
     names = {spec.name for spec in signature.inputs}
-    missing = [name for name in contract.INPUT_NAMES if name not in names]
-    if missing or contract.SEMANTICS not in {spec.name for spec in signature.outputs}:
+    missing = [name for name in inputs if name not in names]
+    missing_outputs = [name for name in outputs if name not in {spec.name for spec in signature.outputs}]
+    if missing or missing_outputs:
         raise InputError(f"{onnx_path}: not an occupancy model (inputs {sorted(names)}; "
-                         f"expected {list(contract.INPUT_NAMES)} and output {contract.SEMANTICS!r})")
+                         f"expected {list(inputs)} and outputs {list(outputs)})")

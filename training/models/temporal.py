@@ -94,7 +94,16 @@ class StreamState:
     stereo: Tensor  # B*N x Cs x h x w: t-1's stereo feature, which t's cost volume matches against
     reduced: Tensor  # B*N x Cin x fH x fW: t-1's depth-net input after `reduce_conv`
     cost: Tensor  # B*N x D x fH x fW: t-1's cost volume against t-2, after `cost_volumn_net`
-    history: int  # real frames before t-1 (0: t-1 was a cold start, so `cost` matched it against itself)
+    history: Tensor  # B int64: the real past frames t-1 itself used (0: a cold start, so `cost` matched it
+    # against itself); the next frame's history is one more, at most MAX_HISTORY
+
+
+MAX_HISTORY = 2  # t-1 and t-2
+
+
+def _per_camera(mask: Tensor, cameras: int) -> Tensor:
+    """A per-frame B mask as B*N x 1 x 1 x 1, to select between B*N-first tensors."""
+    return mask[:, None].expand(-1, cameras).reshape(-1, 1, 1, 1)
 
 
 class BEVStereo4D(nn.Module):
@@ -213,30 +222,52 @@ class BEVStereo4D(nn.Module):
             state: what the previous step returned; None on a sequence's first frame (cold start: the
                 reference repeats the current frame as its history).
             prev2key: B x N x 4 x 4, the previous frame's cameras in this frame's ego; None with `state`.
-
-        At the second frame the reference's t-2 is the current frame (the dataset repeats the current
-        frame for every missing one), so t-1's cost volume is matched against this frame here.
         """
         if (state is None) != (prev2key is None):
             raise ValueError("stream: pass the previous frame's cameras exactly when passing a state")
+        if state is None:
+            history = torch.zeros(batch.images.shape[0], dtype=torch.long, device=batch.images.device)
+            return self.stream_step(batch, batch.sensor2ego, history, None)
+        return self.stream_step(batch, prev2key, (state.history + 1).clamp(max=MAX_HISTORY), state)
+
+    def stream_step(self, batch: CameraBatch, prev2key: Tensor, history: Tensor, state: StreamState | None,
+                    ) -> tuple[Tensor, Tensor, StreamState]:
+        """One step of a sequence with the history as a tensor, per frame of the batch (what the exported
+        graph runs): the encoded BEV feature, the key frame's depth and this frame's state.
+
+        Args:
+            batch: the current frame.
+            prev2key: B x N x 4 x 4, the previous frame's cameras in this frame's ego (read: history >= 1).
+            history: B, the real past frames this frame uses: 0 none (the frame stands in for t-1 and t-2,
+                as the dataset repeats it at a scene start), 1 (t-1; the reference's t-2 is then this frame,
+                so t-1's cost volume is matched against this frame here), 2.
+            state: the previous frame's; read where history >= 1 (None: no frame of the batch has one).
+
+        The branches are selected per frame with `torch.where`, so every branch computes what the offline
+        forward does on its frames: with history 0 the re-matched cost volume below is this frame's own
+        (the same call on the same values), with history 1 it is t-1 against t, with 2 the state's is used.
+        """
         key2key = batch.sensor2ego
-        prev2key = key2key if prev2key is None else prev2key
+        cameras = batch.images.shape[1]
+        prev2key = torch.where((history >= 1).view(-1, 1, 1, 1), prev2key, key2key)
         mlp_input = camera_aware_input(key2key, batch.intrinsics, batch.post_rots, batch.post_trans,
                                        batch.bda)
         feats, stereo = self.encode_frame(batch.images)
         reduced = self.reduce(feats)
-        stereo_prev = stereo if state is None else state.stereo
+        if state is None:
+            stereo_prev, reduced_prev = stereo, reduced
+        else:
+            has_prev = _per_camera(history >= 1, cameras)
+            stereo_prev = torch.where(has_prev, state.stereo, stereo)
+            reduced_prev = torch.where(has_prev, state.reduced, reduced)
         cost = self.stereo_cost(stereo, stereo_prev, key2key, prev2key, batch)
         if state is None:
-            reduced_prev, cost_prev = reduced, cost
-        elif state.history == 0:
-            reduced_prev = state.reduced
-            cost_prev = self.stereo_cost(state.stereo, stereo, prev2key, key2key, batch)
+            cost_prev = cost
         else:
-            reduced_prev, cost_prev = state.reduced, state.cost
+            matched_now = self.stereo_cost(stereo_prev, stereo, prev2key, key2key, batch)
+            cost_prev = torch.where(_per_camera(history >= 2, cameras), state.cost, matched_now)
         bev_key, depth = self.frame_bev(reduced, cost, mlp_input, batch)
         bev_prev, _ = self.frame_bev(reduced_prev, cost_prev, mlp_input, self._lifting(batch, prev2key))
-        history = 0 if state is None else min(state.history + 1, 2)
         state = StreamState(stereo, reduced, cost, history)
         return self.fuse(bev_prev, bev_key, prev2key, batch), depth, state
 
