@@ -16,8 +16,8 @@ from service_fixtures import (
     build_test_model,
     calibration,
     frame_images,
+    gateway_inputs,
     post_frame,
-    reference_inputs,
     test_metadata,
     write_model,
 )
@@ -88,7 +88,7 @@ def test_each_frame_carries_the_state_of_the_one_before(settings, repository, im
     state = contract.zero_state(TEST_STATE)
     previous = None
     for k, (calib, response) in enumerate(zip(frames, responses, strict=True)):
-        inputs = reference_inputs(images, calib, INPUT_SIZE)
+        inputs = gateway_inputs(images, calib, INPUT_SIZE)
         key = Pose(**calib["ego2global"]).matrix()
         cameras = inputs[contract.SENSOR2EGO][0] if previous is None else (
             np.linalg.inv(key) @ previous @ np.stack([Pose(**c["sensor2ego"]).matrix()
