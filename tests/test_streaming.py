@@ -63,7 +63,9 @@ def streamed(repository: Path, data_root: Path, frames: list[int] | None = None,
              sequence: str | None = None) -> list[tuple[np.ndarray, dict]]:
     """The val frames (or those numbered `frames`) posted in order to a gateway serving the export, under
     their scene's sequence id (or `sequence`): (grid, sequence) per frame."""
-    settings = Settings(model_repository=repository, default_model=NAME, watch_interval_s=0)
+    # A full-size R50 frame takes ONNX Runtime tens of seconds on two loaded cores.
+    settings = Settings(model_repository=repository, default_model=NAME, watch_interval_s=0,
+                        request_timeout_s=600)
     entries = load_index(data_root, "val")
     answers = []
     with TestClient(create_app(settings)) as http, OccupancyClient("http://testserver", http=http) as client:

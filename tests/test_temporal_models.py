@@ -116,6 +116,30 @@ def test_points_behind_the_previous_camera_fall_outside():
     assert grid[0, 2, 0].abs().max() < 1
 
 
+def test_a_camera_that_has_not_moved_gets_the_uniform_cost_volume_exact_arithmetic_gives():
+    """Without a baseline every depth hypothesis samples one point, so the costs are equal: the matching
+    gives the uniform distribution (not the reference's rounding noise), and a moved camera does not."""
+    model = build_model(MICRO_TEMPORAL_CONFIG).eval()
+    transformer = model.img_view_transformer
+    depth_bins, h, w, _ = transformer.cv_frustum.shape
+    height, width = MICRO_TEMPORAL_CONFIG.input_size
+    torch.manual_seed(0)
+    stereo = torch.randn(2, 8, h, w).relu()  # ReLU zeros: where the exact-zero test is fragile
+    curr2prev = torch.eye(4).repeat(1, 2, 1, 1)
+    curr2prev[0, 1, 2, 3] = 1.0  # camera 1 moved 1 m along its optical axis
+    intrinsics = torch.tensor([[width / 2, 0, width / 2], [0, width / 2, height / 2], [0, 0, 1.0]])
+    eye3, eye4 = torch.eye(3).repeat(1, 2, 1, 1), torch.eye(4).repeat(1, 2, 1, 1)
+    images = torch.zeros(1, 2, 3, height, width)
+    geometry = CameraBatch(images=images, intrinsics=intrinsics.repeat(1, 2, 1, 1),
+                           sensor2ego=eye4, post_rots=eye3, post_trans=torch.zeros(1, 2, 3),
+                           bda=torch.eye(3)[None])
+    with torch.no_grad():
+        cost = transformer.stereo_cost(stereo, stereo, curr2prev, geometry)
+        uniform = transformer.depth_net.cost_volumn_net(torch.full((1, depth_bins, h, w), 1.0 / depth_bins))
+    torch.testing.assert_close(cost[:1], uniform, rtol=0, atol=1e-6)  # the net's convolutions batch apart
+    assert (cost[1:] - uniform).abs().max() > 1e-3
+
+
 def test_camera_aware_input_is_bevdepths_27_values():
     sensor2keyego = torch.arange(16.0).view(1, 1, 4, 4)
     intrinsics = torch.tensor([[11.0, 0, 13], [0, 12, 14], [0, 0, 1]]).view(1, 1, 3, 3)

@@ -31,6 +31,7 @@ from training.models.view_transformer import (
 GROUP_SIZE = 4  # channels sampled per grid_sample call, as the reference (memory, not arithmetic)
 BEHIND_DEPTH = 1e-3  # m: points closer than this to the previous camera's plane count as outside
 OUTSIDE = -2.0  # a normalised grid coordinate beyond [-1, 1]: zero padding samples 0 there
+STILL_BASELINE_M = 1e-5  # m: a camera that moved less between the frames has not moved (stereo_cost)
 
 
 def sampling_grid(frustum: Tensor, curr2prev: Tensor, intrinsics: Tensor, post_rots: Tensor,
@@ -134,6 +135,15 @@ class LSSViewTransformerBEVStereo(LSSViewTransformer):
             grid = sampling_grid(self.cv_frustum, curr2prev, geometry.intrinsics, geometry.post_rots,
                                  geometry.post_trans, image_size)
             cost = cost_volume(curr.float(), prev.float(), grid, self.D, self.outside_bias)
+            # A camera that has not moved (a cold start matches a frame against itself, as the reference
+            # does at a scene start; a car at rest) sees all depth hypotheses of a pixel at one point of
+            # the previous image, so in exact arithmetic their costs are equal and the distribution is
+            # uniform. The reference computes it in floating point, where rounding moves the samples by
+            # ~1e-5 px and its exact-zero outside test then flips between hypotheses: noise that differs
+            # from one runtime to the next (PyTorch and ONNX Runtime agreed on 97.5% of the voxels of a
+            # full-size cold start). We take the exact value.
+            still = curr2prev[..., :3, 3].norm(dim=-1).flatten() < STILL_BASELINE_M
+            cost = torch.where(still.view(-1, 1, 1, 1), torch.full_like(cost, 1.0 / self.D), cost)
         return self.depth_net.cost_volumn_net(cost)
 
     def depth_and_context(self, reduced: Tensor, mlp_input: Tensor, cost: Tensor) -> tuple[Tensor, Tensor]:
