@@ -200,9 +200,10 @@ def test_depth_loss_ignores_pixels_without_depth():
     assert (grad_norm[supervised] > 0).all()
 
 
-def test_configs_weight_depth_only_in_demo_tiny():
-    assert CONFIGS["demo-tiny"].depth_loss_weight == 3.0
-    assert all(c.depth_loss_weight == 0.0 for name, c in CONFIGS.items() if name != "demo-tiny")
+def test_configs_weight_depth_only_in_the_demo_models():
+    demos = ("demo-tiny", "demo-tiny-2d")
+    assert all(CONFIGS[name].depth_loss_weight == 3.0 for name in demos)
+    assert all(c.depth_loss_weight == 0.0 for name, c in CONFIGS.items() if name not in demos)
 
 
 def test_demo_tiny_step_with_depth_supervision_learns(root, tmp_path):

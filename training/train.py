@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from occupancy.errors import InputError
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
+from training.data.rays import label_source
 from training.models.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_config,
@@ -45,7 +46,9 @@ from training.models.checkpoint import (
     read_checkpoint,
 )
 from training.models.configs import ModelConfig, build_model, config_to_dict, get_config
+from training.models.density_heads import RENDEROCC_TEST_THRESHOLD
 from training.models.pretrained import BACKBONE, load_pretrained_backbone
+from training.models.rendering import RenderConfig
 from training.recipe import TrainRecipe
 
 log = logging.getLogger("occ.train")
@@ -73,6 +76,7 @@ class TrainOptions:
     grad_checkpointing: bool = False
     fp32: bool = False  # no autocast, whatever the recipe says
     amp: bool = False  # autocast (bf16 where the device has it, else fp16), whatever the recipe says
+    supervision: str | None = None  # one of training/recipe.py SUPERVISIONS; None: the recipe's
     log_interval: int = 10
     progress: bool = True  # tqdm bar on rank 0
 
@@ -193,13 +197,15 @@ class Trainer:
     grad_max_norm: float
     device: torch.device
     depth_loss_weight: float = 0.0  # the config's; > 0 adds the depth loss where batches carry gt_depth
+    supervision: str = "3d"  # the recipe's: which of the 3D loss and the rendering losses apply
 
 
 def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor]:
     """One optimisation step over the batches that make up one global batch (gradients accumulate over
     them; DDP synchronises only on the last). Returns detached scalar losses averaged over the batches:
-    `loss` (the one optimised), `loss_occ` and, where depth supervision applies, `loss_depth` (already
-    weighted)."""
+    `loss` (the one optimised), `loss_occ` where voxel labels supervise, the rendering losses
+    (`loss_render_*`, `loss_sdf_*`) where pixel labels do, and `loss_depth` where depth supervision
+    applies (all already weighted)."""
     trainer.optimizer.zero_grad(set_to_none=True)
     totals: dict[str, Tensor] = {}
     for index, batch in enumerate(batches):
@@ -227,8 +233,13 @@ def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
     precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
                  if trainer.autocast_dtype else nullcontext())
     with precision:
-        logits, depth = trainer.model(camera, return_depth=True)
-    losses = {"loss_occ": trainer.raw_model.loss(logits.float(), targets)}
+        output, depth = trainer.model(camera, return_depth=True)
+    output = output.float()
+    losses = {}
+    if "3d" in trainer.supervision:
+        losses["loss_occ"] = trainer.raw_model.loss(output, targets)
+    if "2d" in trainer.supervision:
+        losses.update(trainer.raw_model.render_loss(output, batch.rays.to(trainer.device), camera.bda))
     if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
         depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
         losses["loss_depth"] = trainer.depth_loss_weight * depth_loss
@@ -236,12 +247,28 @@ def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
 
 
 def model_config(options: TrainOptions, stored: ModelConfig | None = None) -> ModelConfig:
-    """The config a run trains: the checkpoint's own when resuming (`stored`), else the named one; with
-    the backbone's gradient checkpointing switched on where asked."""
-    config = stored or get_config(options.config)
+    """The config a run trains: the checkpoint's own when resuming (`stored`), else the named one under
+    --supervision; with the backbone's gradient checkpointing switched on where asked."""
+    if stored and options.supervision not in (None, stored.recipe.supervision):
+        raise InputError(f"--supervision {options.supervision}: the run to resume trains with "
+                         f"{stored.recipe.supervision!r}")
+    config = stored or with_supervision(get_config(options.config), options.supervision)
     if options.grad_checkpointing:
         config = replace(config, backbone=replace(config.backbone, with_cp=True))
     return config
+
+
+def with_supervision(config: ModelConfig, supervision: str | None) -> ModelConfig:
+    """The config trained under `supervision` (None: its recipe's). Pixel labels need the rendering head:
+    a config without one gets the reference's NerfHead (pmj RenderOcc's 2D-only loss weights). A density
+    head that decides occupancy by its density pair's argmax decides by pmj's threshold when 2D labels
+    alone train it, since they train only the occupied channel."""
+    recipe = replace(config.recipe, supervision=supervision or config.recipe.supervision)
+    render = config.render or (RenderConfig() if recipe.pixel_labels else None)
+    head = config.density_head
+    if head and head.density_threshold is None and not recipe.voxel_labels:
+        head = replace(head, density_threshold=RENDEROCC_TEST_THRESHOLD)
+    return replace(config, recipe=recipe, render=render, density_head=head)
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
@@ -323,7 +350,7 @@ def build_trainer(options: TrainOptions, config: ModelConfig, env: Distributed, 
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
     ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
     return Trainer(model, raw_model, optimizer, scheduler, scaler, ema, precision, recipe.grad_max_norm,
-                   env.device, config.depth_loss_weight)
+                   env.device, config.depth_loss_weight, recipe.supervision)
 
 
 def build_loader(dataset: OccupancyDataset, batch_size: int, options: TrainOptions, env: Distributed,
@@ -473,7 +500,8 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     recipe = config.recipe
     plan = batch_plan(options, recipe, env.world_size)
     dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
-                               depth=config.depth_loss_weight > 0)
+                               depth=config.depth_loss_weight > 0,
+                               rays=recipe.rays if recipe.pixel_labels else None)
     loader, sampler, skipping = build_loader(dataset, plan.batch_size, options, env)
     iters_per_epoch = len(sampler) // (plan.batch_size * plan.accumulation)
     if iters_per_epoch == 0:
@@ -500,6 +528,9 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
                 f"precision {trainer.autocast_dtype or torch.float32}")
     for lines in weight_report:
         logger.text(lines)
+    logger.text(f"supervision {recipe.supervision}" + (
+        f": {recipe.rays.max_rays} rays per sample from {label_source(dataset.samples)}"
+        if recipe.pixel_labels else ""))
     trainer.model.train()
     final = checkpoint_path(options.work_dir, state.step)
     interval_losses: list[dict[str, Tensor]] = []

@@ -36,7 +36,7 @@ from occupancy.preprocess import (
     decode_image,
     decode_scale,
 )
-from training.batch import CameraBatch, OccupancyTargets
+from training.batch import CameraBatch, OccupancyTargets, RayBatch
 from training.data.augment import (
     AugmentConfig,
     BevFlip,
@@ -44,6 +44,7 @@ from training.data.augment import (
     sample_bev_flip,
     sample_image_transform,
 )
+from training.data.rays import Rays, RaySampling, build_rays, collate_rays
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Sample:
     semantics: Tensor  # X x Y x Z uint8, in the flipped ego frame
     mask_camera: Tensor  # X x Y x Z bool
     gt_depth: Tensor | None = None  # N x H x W float32 metres at input pixels, 0 = no point; None: no labels
+    rays: Rays | None = None  # rendering supervision's rays (training/data/rays.py), where asked for
 
 
 @dataclass
@@ -78,6 +80,7 @@ class SampleBatch:
     semantics: Tensor
     mask_camera: Tensor
     gt_depth: Tensor | None = None
+    rays: RayBatch | None = None
 
     def camera_batch(self, device: torch.device | str = "cpu") -> CameraBatch:
         """The model input on `device`, images normalised there with the ImageNet mean and std."""
@@ -116,11 +119,14 @@ def _pin(value: Any) -> Any:
 
 
 def collate(samples: list[Sample]) -> SampleBatch:
-    """Stack samples into a batch (the DataLoader's collate_fn); gt_depth only if every sample has one."""
+    """Stack samples into a batch (the DataLoader's collate_fn); gt_depth and rays only if every sample
+    has them."""
     tensors = {f.name: torch.stack([getattr(s, f.name) for s in samples])
-               for f in fields(Sample) if f.name not in ("token", "scene_name", "gt_depth")}
+               for f in fields(Sample) if f.name not in ("token", "scene_name", "gt_depth", "rays")}
     if all(s.gt_depth is not None for s in samples):
         tensors["gt_depth"] = torch.stack([s.gt_depth for s in samples])
+    if all(s.rays is not None for s in samples):
+        tensors["rays"] = collate_rays([s.rays for s in samples])
     return SampleBatch(tokens=[s.token for s in samples], scene_names=[s.scene_name for s in samples],
                        **tensors)
 
@@ -144,18 +150,23 @@ class OccupancyDataset(Dataset):
         depth: also load sparse per-camera depth as `Sample.gt_depth`: the entry's `labels_2d` where
             it has them (synthetic roots), else its LiDAR sweep projected into each camera (real
             nuScenes roots, as BEVDet supervises depth); entries with neither get none.
+        rays: also draw rays with 2D labels for rendering supervision (`Sample.rays`), from the key frame
+            and its scene's neighbouring keyframes (training/data/rays.py).
     """
 
     def __init__(self, data_root: str | Path, split: str, input_size: tuple[int, int],
-                 augment: AugmentConfig | None = None, seed: int = 0, depth: bool = False) -> None:
+                 augment: AugmentConfig | None = None, seed: int = 0, depth: bool = False,
+                 rays: RaySampling | None = None) -> None:
         self.data_root = Path(data_root)
         self.split = split
         self.input_size = tuple(input_size)
         self.augment = augment
         self.seed = seed
         self.depth = depth
+        self.rays = rays
         self.epoch = 0
         self.samples = load_index(self.data_root, split)
+        self._positions = {(e["scene_name"], e["frame_index"]): i for i, e in enumerate(self.samples)}
         self._check_files()
 
     def set_epoch(self, epoch: int) -> None:
@@ -168,10 +179,11 @@ class OccupancyDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         entry = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        images, post_rots, post_trans, transforms = [], [], [], []
+        images, post_rots, post_trans, transforms, source_sizes = [], [], [], [], {}
         for name in CAMERA_NAMES:
             path = self.data_root / entry["cameras"][name]["image_path"]
             data, source_size = self._read_image_file(path)
+            source_sizes[name] = source_size
             if self.augment:
                 transform = sample_image_transform(rng, source_size, self.input_size, self.augment)
             else:
@@ -200,7 +212,15 @@ class OccupancyDataset(Dataset):
             semantics=torch.from_numpy(semantics),
             mask_camera=torch.from_numpy(mask_camera.astype(bool)),
             gt_depth=self._depth_maps(entry, transforms) if self.depth and has_depth(entry) else None,
+            rays=build_rays(self.data_root, entry, self._neighbours(entry), source_sizes, self.rays, rng)
+            if self.rays else None,
         )
+
+    def _neighbours(self, entry: SampleEntry) -> list[SampleEntry]:
+        """The scene's keyframes at the ray sampling's offsets from `entry` that this split holds."""
+        positions = [self._positions.get((entry["scene_name"], entry["frame_index"] + offset))
+                     for offset in self.rays.aux_frames]
+        return [self.samples[p] for p in positions if p is not None]
 
     def _depth_maps(self, entry: SampleEntry, transforms: list[ImageTransform]) -> Tensor:
         """N x H x W depth maps at input pixels, each camera's depth points through its transform."""
@@ -211,7 +231,7 @@ class OccupancyDataset(Dataset):
     def _depth_points(self, entry: SampleEntry) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per camera: source-image pixels (P x 2) and depths (P) of the labels_2d, else of the LiDAR."""
         if "labels_2d" in entry:
-            return [read_labels_2d(self.data_root / entry["labels_2d"][name]) for name in CAMERA_NAMES]
+            return [read_labels_2d(self.data_root / entry["labels_2d"][name])[:2] for name in CAMERA_NAMES]
         points = read_lidar_points(self.data_root / entry["lidar"]["path"])
         return [lidar_in_camera(points, entry["lidar"], entry["cameras"][name]) for name in CAMERA_NAMES]
 
@@ -219,10 +239,13 @@ class OccupancyDataset(Dataset):
         """Fail before training starts, naming the first missing file, rather than inside a worker."""
         for entry in self.samples:
             paths = [entry["cameras"][name]["image_path"] for name in CAMERA_NAMES] + [entry["occ_path"]]
-            if self.depth and "labels_2d" in entry:
+            labelled = self.depth or self.rays
+            if labelled and "labels_2d" in entry:
                 paths += list(entry["labels_2d"].values())
-            elif self.depth and "lidar" in entry:
+            elif labelled and "lidar" in entry:
                 paths.append(entry["lidar"]["path"])
+                if self.rays and "lidarseg_path" in entry["lidar"]:
+                    paths.append(entry["lidar"]["lidarseg_path"])
             for relative in paths:
                 if not (self.data_root / relative).is_file():
                     raise InputError(f"{self.data_root / relative}: file missing (sample {entry['token']} "
@@ -252,13 +275,14 @@ def has_depth(entry: SampleEntry) -> bool:
     return "labels_2d" in entry or "lidar" in entry
 
 
-def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Source-image pixels (P x 2) and depths (P) of a synthetic root's per-camera 2D labels .npz."""
+def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source-image pixels (P x 2), depths (P) and classes (P uint8) of a synthetic root's per-camera 2D
+    labels .npz."""
     try:
         with np.load(path) as labels:
-            return labels["uv"], labels["depth"]
+            return labels["uv"], labels["depth"], labels["semantics"]
     except (OSError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: no uv and depth in this 2D labels .npz ({error})") from error
+        raise InputError(f"{path}: no uv, depth and semantics in this 2D labels .npz ({error})") from error
 
 
 def read_lidar_points(path: Path) -> np.ndarray:
@@ -276,16 +300,19 @@ def read_lidar_points(path: Path) -> np.ndarray:
 
 def lidar_in_camera(points: np.ndarray, lidar: LidarEntry, camera: CameraEntry,
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Source-image pixels (P x 2) and depths (P) of the LiDAR points in front of a camera.
-
-    LiDAR and camera fire at different times on a moving car, so the points go LiDAR -> ego at the
-    sweep's time -> global -> ego at the image's time -> camera (BEVDet's lidar2img).
-    """
-    lidar2global = pose_matrix(**lidar["ego2global"]) @ pose_matrix(**lidar["sensor2ego"])
-    camera2global = pose_matrix(**camera["ego2global"]) @ pose_matrix(**camera["sensor2ego"])
-    points_camera = transform_points(invert_rigid(camera2global) @ lidar2global, points)
+    """Source-image pixels (P x 2) and depths (P) of the LiDAR points in front of a camera."""
+    points_camera = lidar_to_camera(points, lidar, camera)
     in_front = points_camera[:, 2] > 0
     return camera_to_pixels(points_camera[in_front], np.asarray(camera["intrinsic"]))
+
+
+def lidar_to_camera(points: np.ndarray, lidar: LidarEntry, camera: CameraEntry) -> np.ndarray:
+    """P x 3 LiDAR points in a camera's frame. LiDAR and camera fire at different times on a moving car,
+    so the points go LiDAR -> ego at the sweep's time -> global -> ego at the image's time -> camera
+    (BEVDet's lidar2img)."""
+    lidar2global = pose_matrix(**lidar["ego2global"]) @ pose_matrix(**lidar["sensor2ego"])
+    camera2global = pose_matrix(**camera["ego2global"]) @ pose_matrix(**camera["sensor2ego"])
+    return transform_points(invert_rigid(camera2global) @ lidar2global, points)
 
 
 def depth_map(uv: np.ndarray, depth: np.ndarray, transform: ImageTransform, input_size: Size) -> np.ndarray:

@@ -11,19 +11,21 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from occupancy.classes import NUM_CLASSES
 from occupancy.errors import InputError
 from occupancy.grid import OCC3D_GRID, GridSpec
 from training.models.bev_encoder import FPN_LSS, LSSFPN3D, CustomResNet, CustomResNet3D
+from training.models.density_heads import RENDEROCC_TEST_THRESHOLD, DensityHeadConfig, RenderOcc2DHead
 from training.models.fpn import CustomFPN
 from training.models.heads import BEVOCCHead2D, BEVOCCHead3D
 from training.models.occupancy_model import OccupancyModel
+from training.models.rendering import NerfHead, RenderConfig
 from training.models.resnet import ResNet
 from training.models.view_transformer import DepthBins, LSSViewTransformer, VoxelGridConfig
-from training.recipe import DEMO_TINY_RECIPE, TrainRecipe
+from training.recipe import DEMO_TINY_2D_RECIPE, DEMO_TINY_RECIPE, TrainRecipe
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class ModelConfig:
     use_mask: bool = True  # the loss sees only camera-visible voxels (mask_camera); False: all voxels
     scene_class_affinity: bool = False  # MonoScene's sem_scal + geo_scal losses beside the cross-entropy
     depth_loss_weight: float = 0.0  # BEVDepth's loss_depth_weight; 0: no depth supervision
+    density_head: DensityHeadConfig | None = None  # RenderOcc2D's density + semantics head in place of
+    # BEVOCCHead2D (2D BEV encoders)
+    render: RenderConfig | None = None  # the rendering head (`nerf_head`) for 2D-label supervision
     recipe: TrainRecipe = field(default_factory=TrainRecipe)  # how `occ train` trains it
 
 
@@ -103,11 +108,12 @@ def build_model(config: ModelConfig) -> OccupancyModel:
         collapse_z=is_2d,
     )
     build_bev = _build_bev_2d if is_2d else _build_bev_3d
+    nerf_head = NerfHead(config.grid, config.render, config.num_classes - 1) if config.render else None
     return OccupancyModel(img_backbone, img_neck, view_transformer, *build_bev(config),
-                          upsample_bev=config.upsample_bev)
+                          upsample_bev=config.upsample_bev, nerf_head=nerf_head)
 
 
-def _build_bev_2d(config: ModelConfig) -> tuple[CustomResNet, FPN_LSS, BEVOCCHead2D]:
+def _build_bev_2d(config: ModelConfig) -> tuple[CustomResNet, FPN_LSS, BEVOCCHead2D | RenderOcc2DHead]:
     enc = config.bev_encoder
     pooled_channels = config.bev_channels * config.pool_grid.shape[2]  # Z slices stacked by collapse_z
     backbone = CustomResNet(pooled_channels, num_layer=enc.num_layer, num_channels=enc.num_channels,
@@ -115,6 +121,9 @@ def _build_bev_2d(config: ModelConfig) -> tuple[CustomResNet, FPN_LSS, BEVOCCHea
     neck = FPN_LSS(in_channels=enc.num_channels[0] + enc.num_channels[2], out_channels=enc.neck_channels,
                    scale_factor=math.prod(enc.stride[1:]), input_feature_index=(0, 2),
                    extra_upsample=enc.extra_upsample)
+    if config.density_head:
+        return backbone, neck, RenderOcc2DHead(enc.neck_channels, config.grid.shape[2], config.num_classes,
+                                               config.density_head, use_mask=config.use_mask)
     head = BEVOCCHead2D(in_dim=enc.neck_channels, out_dim=enc.head_channels, Dz=config.grid.shape[2],
                         num_classes=config.num_classes, class_balance=config.class_balance,
                         use_mask=config.use_mask, scene_class_affinity=config.scene_class_affinity)
@@ -122,6 +131,8 @@ def _build_bev_2d(config: ModelConfig) -> tuple[CustomResNet, FPN_LSS, BEVOCCHea
 
 
 def _build_bev_3d(config: ModelConfig) -> tuple[CustomResNet3D, LSSFPN3D, BEVOCCHead3D]:
+    if config.density_head:
+        raise ValueError(f"{config.name}: the RenderOcc2D density head reads a 2D BEV feature")
     enc = config.bev_encoder
     backbone = CustomResNet3D(config.bev_channels, num_layer=enc.num_layer, num_channels=enc.num_channels,
                               stride=enc.stride)
@@ -188,6 +199,19 @@ CONFIGS: dict[str, ModelConfig] = {
         ),
     )
 }
+# demo-tiny's network with RenderOcc2D's density + semantics head, trained from the 2D labels alone:
+# the rendering losses (pmj RenderOcc's 2D-only weights) and the depth net's supervision, no 3D ground
+# truth. Its test-time rule is pmj's density threshold: 2D labels train only the rendered channel.
+CONFIGS["demo-tiny-2d"] = replace(
+    CONFIGS["demo-tiny"],
+    name="demo-tiny-2d",
+    description="demo-tiny trained from 2D labels only: density + semantics head, volume rendering",
+    class_balance=False,
+    scene_class_affinity=False,
+    density_head=DensityHeadConfig(out_dim=32, density_threshold=RENDEROCC_TEST_THRESHOLD),
+    render=RenderConfig(),
+    recipe=DEMO_TINY_2D_RECIPE,
+)
 
 
 def get_config(name: str) -> ModelConfig:

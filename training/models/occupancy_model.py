@@ -7,7 +7,7 @@ are the reference's, so reference checkpoints load key for key.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.batch import CameraBatch, OccupancyTargets
+from training.batch import CameraBatch, OccupancyTargets, RayBatch
 
 
 class OccupancyModel(nn.Module):
@@ -22,6 +22,8 @@ class OccupancyModel(nn.Module):
         occ_head: BEV feature -> B x X x Y x Z x classes logits, with `loss(logits, targets)`.
         upsample_bev: double the BEV feature's resolution (bilinear) before the head: the
             reference's `upsample` option, for encoders that run at half the output resolution.
+        nerf_head: the rendering head (training only: buffers, no parameters) that turns the head's
+            output into the rendering losses against rays with 2D labels; None without rendering.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class OccupancyModel(nn.Module):
         img_bev_encoder_neck: nn.Module,
         occ_head: nn.Module,
         upsample_bev: bool = False,
+        nerf_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.img_backbone = img_backbone
@@ -42,6 +45,7 @@ class OccupancyModel(nn.Module):
         self.img_bev_encoder_neck = img_bev_encoder_neck
         self.occ_head = occ_head
         self.upsample_bev = upsample_bev
+        self.nerf_head = nerf_head
 
     def encode_images(self, images: Tensor) -> Tensor:
         """B x N x 3 x H x W normalised RGB -> B x N x C x H/16 x W/16 features."""
@@ -69,6 +73,12 @@ class OccupancyModel(nn.Module):
     def loss(self, logits: Tensor, targets: OccupancyTargets) -> Tensor:
         """Scalar training loss of `forward`'s logits (the head's camera-masked cross-entropy)."""
         return self.occ_head.loss(logits, targets)
+
+    def render_loss(self, output: Tensor, rays: RayBatch, bda: Tensor) -> dict[str, Tensor]:
+        """The rendering losses (loss_render_depth, loss_render_semantic, loss_sdf_entropy,
+        loss_sdf_distortion) of `forward`'s training output along the batch's rays."""
+        density, semantic = self.occ_head.render_fields(output, self.nerf_head.act_shift)
+        return self.nerf_head(density, semantic, rays, bda)
 
     def depth_loss(self, depth: Tensor, gt_depth: Tensor) -> Tensor:
         """Unweighted BEVDepth depth loss of `forward`'s depth against B x N x H x W input-resolution
