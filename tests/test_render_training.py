@@ -1,0 +1,155 @@
+"""Training from 2D labels alone (`occ train --supervision 2d`): the rendering losses fall, the 3D labels
+play no part, a run resumes exactly with the rendering head, and the switch reaches any config."""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_dataset import MICRO_CONFIG
+
+from occ.cli import main as occ_main
+from occupancy.errors import InputError
+from training import train as training
+from training.data.dataset import OccupancyDataset, collate
+from training.data.prepare import build_index, write_indexes
+from training.data.rays import RaySampling
+from training.data.synth.generate import SynthConfig, generate
+from training.models.checkpoint import load_model
+from training.models.configs import CONFIGS, build_model
+from training.models.density_heads import DensityHeadConfig
+from training.models.rendering import RenderConfig
+from training.train import TrainOptions, checkpoint_path
+
+RENDERING_LOSSES = ("loss_render_depth", "loss_render_semantic", "loss_sdf_entropy", "loss_sdf_distortion")
+MICRO_2D = replace(
+    MICRO_CONFIG,
+    name="test-micro-2d",
+    density_head=DensityHeadConfig(out_dim=8, density_threshold=13.8),
+    render=RenderConfig(),
+    recipe=replace(MICRO_CONFIG.recipe, supervision="2d", warmup_iters=2, lr=2e-3,
+                   rays=RaySampling(max_rays=256, aux_frames=(-1, 1))),
+)
+HALF = 3  # iterations before the interruption: mid-epoch with 4 frames in batches of 1
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A synthetic scene of four keyframes with its 2D labels (small images)."""
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(scenes=1, frames=4, seed=2, val_scenes=0, image_size=(90, 160), ray_scale=2),
+             progress=False)
+    write_indexes(root, "v1.0-trainval", build_index(root, progress=False))
+    return root
+
+
+@pytest.fixture
+def micro_2d(monkeypatch):
+    monkeypatch.setitem(CONFIGS, MICRO_2D.name, MICRO_2D)
+    monkeypatch.setitem(CONFIGS, MICRO_CONFIG.name, MICRO_CONFIG)
+    return MICRO_2D
+
+
+def trainer_for(config, data_root: Path, tmp_path: Path) -> training.Trainer:
+    options = TrainOptions(config=config.name, data_root=data_root, work_dir=tmp_path)
+    torch.manual_seed(0)
+    return training.build_trainer(options, config, training.Distributed(0, 1, torch.device("cpu")), 50,
+                                  build_model(config))
+
+
+def test_a_few_2d_only_iterations_lower_the_rendering_losses(data_root, tmp_path):
+    dataset = OccupancyDataset(data_root, "train", MICRO_2D.input_size, rays=MICRO_2D.recipe.rays)
+    batch = collate([dataset[1]])
+    fast = replace(MICRO_2D, recipe=replace(MICRO_2D.recipe, ema_decay=None, lr=1e-2, warmup_iters=0))
+    trainer = trainer_for(fast, data_root, tmp_path)
+    trainer.model.train()
+    history = [training.train_step(trainer, [batch]) for _ in range(12)]
+    assert set(history[0]) == {"loss", *RENDERING_LOSSES}  # no 3D loss at all
+    # Rays start out nearly transparent (alpha_init 1e-6): the depth loss moves first, the semantics follow
+    # once surfaces take weight.
+    def late(name: str) -> float:
+        return sum(h[name] for h in history[-3:]) / 3
+
+    assert late("loss_render_depth") < 0.9 * history[0]["loss_render_depth"]
+    assert late("loss") < history[0]["loss"]
+
+
+def test_2d_only_training_never_reads_the_3d_labels(data_root, tmp_path):
+    """The same step on the same batch gives the same weights whatever the Occ3D labels say."""
+    dataset = OccupancyDataset(data_root, "train", MICRO_2D.input_size, rays=MICRO_2D.recipe.rays)
+    batch = collate([dataset[0]])
+    scrambled = replace(batch, semantics=torch.randint(0, 18, batch.semantics.shape, dtype=torch.uint8),
+                        mask_camera=torch.rand(batch.mask_camera.shape) < 0.5)
+    weights = []
+    for labels in (batch, scrambled):
+        trainer = trainer_for(MICRO_2D, data_root, tmp_path)
+        trainer.model.train()
+        training.train_step(trainer, [labels])
+        weights.append(trainer.raw_model.state_dict())
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+
+
+def run(data_root: Path, work_dir: Path, config: str, iters: int, resume: bool = False,
+        supervision: str | None = None) -> Path:
+    return training.train(TrainOptions(config=config, data_root=data_root, work_dir=work_dir, max_iters=iters,
+                                       batch_size=1, num_workers=0, checkpoint_interval=HALF, resume=resume,
+                                       log_interval=HALF, progress=False, supervision=supervision))
+
+
+def test_resume_with_the_rendering_head_equals_an_uninterrupted_run(data_root, tmp_path, micro_2d):
+    straight = run(data_root, tmp_path / "straight", micro_2d.name, 2 * HALF)
+    (tmp_path / "resumed").mkdir()
+    shutil.copy(checkpoint_path(tmp_path / "straight", HALF), checkpoint_path(tmp_path / "resumed", HALF))
+    resumed = run(data_root, tmp_path / "resumed", micro_2d.name, 2 * HALF, resume=True)
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert (a["step"], a["epoch"], a["batch"]) == (b["step"], b["epoch"], b["batch"]) == (6, 1, 2)
+    assert "nerf_head.act_shift" in a["state_dict"]
+    for key in ("train_state_dict", "state_dict"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    log = (tmp_path / "straight/train.log").read_text()
+    assert "supervision 2d: 256 rays per sample from 2D labels" in log
+    assert "loss_render_depth" in log and "loss_occ" not in log
+
+
+def test_supervision_2d_trains_a_config_without_a_rendering_head(data_root, tmp_path, micro_2d):
+    """--supervision 2d on a config with a plain 18-class head: the rendering head comes with it, the
+    checkpoint records how it was trained and rebuilds the same model for evaluation."""
+    final = run(data_root, tmp_path / "work", MICRO_CONFIG.name, 2, supervision="2d")
+    model, config = load_model(final)
+    assert config.recipe.supervision == "2d" and config.render == RenderConfig()
+    assert model.nerf_head is not None and config.density_head is None
+    log = (tmp_path / "work/train.log").read_text()
+    assert "loss_render_semantic" in log and "loss_occ" not in log
+    with pytest.raises(InputError, match="trains with '2d'"):
+        run(data_root, tmp_path / "work", MICRO_CONFIG.name, 4, resume=True, supervision="3d")
+
+
+def test_supervision_2d_makes_an_argmax_density_head_decide_by_threshold():
+    argmax_head = replace(MICRO_2D, density_head=DensityHeadConfig(out_dim=8), render=None,
+                          recipe=MICRO_CONFIG.recipe)
+    assert training.with_supervision(argmax_head, "3d+2d").density_head.density_threshold is None
+    two_d = training.with_supervision(argmax_head, "2d")
+    assert two_d.density_head.density_threshold == 8.5 and two_d.render == RenderConfig()
+
+
+def test_occ_train_names_a_bad_supervision(capsys):
+    assert occ_main(["train", "--config", "demo-tiny", "--data-root", ".", "--work-dir", ".",
+                     "--supervision", "4d"]) != 0
+    assert "--supervision: expected one of 3d, 2d, 3d+2d, got '4d'" in capsys.readouterr().err
+
+
+def test_density_head_scores_take_the_argmax_of_the_reference_rules():
+    torch.manual_seed(0)
+    head = build_model(MICRO_2D).occ_head.eval()
+    bev = torch.randn(1, 8, 200, 200)
+    density, semantic = head.fields(bev)
+    for threshold in (None, float(density[..., 0].median())):
+        head.density_threshold = threshold
+        margin = density[..., 0] - (density[..., 1] if threshold is None else threshold)
+        expected = torch.where(margin > 0, semantic.argmax(-1), torch.full_like(semantic[..., 0], 17).long())
+        assert 0 < (margin > 0).float().mean() < 1
+        clear = margin.abs() > 1e-4  # not a tie within float rounding
+        assert torch.equal(head(bev).argmax(-1)[clear], expected[clear])
