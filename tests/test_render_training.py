@@ -145,7 +145,8 @@ def test_density_head_scores_take_the_argmax_of_the_reference_rules():
     torch.manual_seed(0)
     head = build_model(MICRO_2D).occ_head.eval()
     bev = torch.randn(1, 8, 200, 200)
-    density, semantic = head.fields(bev)
+    with torch.no_grad():
+        density, semantic = head.fields(bev)
     for threshold in (None, float(density[..., 0].median())):
         head.density_threshold = threshold
         margin = density[..., 0] - (density[..., 1] if threshold is None else threshold)
