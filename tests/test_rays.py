@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_dataset import write_synthetic_scene
 
 from occupancy.classes import CLASS_NAMES, FREE_CLASS, IGNORE_INDEX
 from occupancy.errors import InputError
@@ -25,7 +26,6 @@ from training.data.rays import (
     draw_without_replacement,
     label_source,
 )
-from training.data.synth.generate import SynthConfig, generate
 from training.models.rendering import NerfHead
 
 KEY_FRAME_ONLY = RaySampling(max_rays=3000, aux_frames=())
@@ -35,15 +35,10 @@ AUGMENT = AugmentConfig(resize_lim=(-0.06, 0.11), rot_lim=(-5.4, 5.4), flip=True
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    """One synthetic scene of four keyframes, small images, indexed."""
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, SynthConfig(scenes=1, frames=4, seed=5, val_scenes=0, image_size=(90, 160), ray_scale=2),
-             progress=False)
-    write_indexes(root, "v1.0-trainval", build_index(root, progress=False))
-    return root
+    return write_synthetic_scene(tmp_path_factory.mktemp("synth"), seed=5)
 
 
-def render_labels(sample, rays_index: slice | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def render_labels(sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sample's own (flipped) ground truth rendered along its rays by the rendering head: occupied
     voxels opaque, their class one-hot. Returns rendered depth, rendered class, and which rays end
     inside the grid and the head's inner ball (where the rendering can meet them)."""

@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_dataset import MICRO_CONFIG
+from tiny_dataset import MICRO_CONFIG, write_synthetic_scene
 
 from occ.cli import main as occ_main
 from occupancy.errors import InputError
 from training import train as training
 from training.data.dataset import OccupancyDataset, collate
-from training.data.prepare import build_index, write_indexes
 from training.data.rays import RaySampling
-from training.data.synth.generate import SynthConfig, generate
 from training.models.checkpoint import load_model
 from training.models.configs import CONFIGS, build_model
 from training.models.density_heads import DensityHeadConfig
@@ -36,12 +34,7 @@ HALF = 3  # iterations before the interruption: mid-epoch with 4 frames in batch
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    """A synthetic scene of four keyframes with its 2D labels (small images)."""
-    root = tmp_path_factory.mktemp("synth")
-    generate(root, SynthConfig(scenes=1, frames=4, seed=2, val_scenes=0, image_size=(90, 160), ray_scale=2),
-             progress=False)
-    write_indexes(root, "v1.0-trainval", build_index(root, progress=False))
-    return root
+    return write_synthetic_scene(tmp_path_factory.mktemp("synth"), seed=2)
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ OUTER_SAMPLES_DIVISOR = 15  # N_outer = N_inner // 15 (sample_ray's hard-coded 1
 OUTER_T_END = 64.0  # outer samples at 2 / linspace(1, 1/64): t up to 128 radii
 SKIP_DISTANCE_FACTOR = 0.95  # a contracted sample is kept once the path since the last one exceeds 0.95 steps
 EARLY_STOP_TRANSMITTANCE = 1e-3  # alpha2weight_cuda_kernel: compositing stops below this transmittance
+LOG_TRANSMITTANCE_FLOOR = 30.0  # optical depth beyond which T (< 1e-13, long past the stop) is floored
 SILOG_VARIANCE_FOCUS = 0.85
 DEPTH_EPS = 1e-7  # added to the rendered depth before its logarithm, as the reference
 
@@ -80,29 +81,37 @@ class RenderedRays:
     semantics: Tensor  # R x C weighted sums of the semantic logits
 
 
-def raw_to_alpha(density: Tensor, shift: Tensor, interval: float) -> Tensor:
-    """DVGO's Raw2Alpha: 1 - (1 + exp(density + shift))^-interval = 1 - exp(-interval softplus(...)).
+def raw_to_thickness(density: Tensor, shift: Tensor, interval: float) -> Tensor:
+    """DVGO's Raw2Alpha in optical thickness: a sample stops alpha = 1 - (1 + exp(density + shift))^-interval
+    of the light, i.e. alpha = 1 - exp(-thickness) with thickness = interval softplus(density + shift).
 
     softplus keeps it finite for any density (the CUDA kernel's exp may overflow to inf; its clamp at
-    1e10 in the backward only avoids inf * 0); the gradient is autograd's, interval sigmoid (1 - alpha).
+    1e10 in the backward only avoids inf * 0); autograd's gradient of alpha is the kernel's,
+    interval sigmoid(density + shift) (1 - alpha).
     """
-    return -torch.expm1(-interval * F.softplus(density + shift))
+    return interval * F.softplus(density + shift)
 
 
-def alphas_to_weights(alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """DVGO's Alphas2Weights over R x S alphas (samples in ray order): weights T_i alpha_i with
-    T_i = prod_{j<i} (1 - alpha_j), and the transmittance left at the end, per ray.
+def alphas_to_weights(thickness: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """DVGO's Alphas2Weights over R x S sample thicknesses (samples in ray order, 0 for samples that
+    leave the ray), returning what its kernel returns: weights T_i alpha_i, the transmittances
+    T_i = prod_{j<i} (1 - alpha_j) (R x S), and the transmittance left after the last composited sample
+    (R).
 
     The CUDA kernel walks each ray and stops after the sample that brings T below 1e-3; since T only
     falls, sample i is composited exactly when T_i >= 1e-3. The stop is a mask held constant in the
-    backward, as the kernel's backward treats it, so the gradients are the kernel's.
+    backward, as the kernel's backward treats it, so the gradients are the kernel's. T is exp of an
+    exclusive cumulative sum of thicknesses rather than a cumulative product of (1 - alpha): the product
+    runs on past the stop into subnormal floats (~1e-40), which slow every op that touches them tenfold
+    (and so do their products with small alphas: T is floored at 1e-13, long past the stop).
     """
-    ones = alpha.new_ones((*alpha.shape[:-1], 1))
-    transmittance = torch.cumprod(torch.cat([ones, 1.0 - alpha[..., :-1]], dim=-1), dim=-1)
-    composited = transmittance.detach() >= EARLY_STOP_TRANSMITTANCE
+    alpha = -torch.expm1(-thickness)
+    before = torch.cumsum(thickness, dim=-1) - thickness  # optical depth in front of each sample
+    transmittance = torch.exp(-before.clamp(max=LOG_TRANSMITTANCE_FLOOR))
+    composited = before.detach() <= -math.log(EARLY_STOP_TRANSMITTANCE)
     weights = torch.where(composited, transmittance * alpha, 0.0)
-    alphainv_last = torch.where(composited, 1.0 - alpha, 1.0).prod(dim=-1)
-    return weights, alphainv_last
+    alphainv_last = torch.exp(-torch.where(composited, thickness, 0.0).sum(dim=-1))
+    return weights, transmittance, alphainv_last
 
 
 def trilinear(grid: Tensor, coords: Tensor) -> Tensor:
@@ -250,11 +259,11 @@ class NerfHead(nn.Module):
         grid_coords = self._grid_coordinates(points)  # R x S x 3
         rays, samples = keep.shape
         raw = trilinear(density[..., None], grid_coords.view(-1, 3)).view(rays, samples)
-        alpha = raw_to_alpha(raw, self.act_shift, self.interval)
+        thickness = raw_to_thickness(raw, self.act_shift, self.interval)
         threshold = self.config.fast_color_thres
         # Skipped samples and those with alpha <= threshold leave the ray: they neither attenuate nor learn.
-        alpha = torch.where(keep & (alpha > threshold), alpha, 0.0)
-        weights, alphainv_last = alphas_to_weights(alpha)
+        alpha_kept = -torch.expm1(-thickness) > threshold
+        weights, _, alphainv_last = alphas_to_weights(torch.where(keep & alpha_kept, thickness, 0.0))
         weights = torch.where(weights > threshold, weights, 0.0)
         # Metric depth along the ray. The reference renders radius * sum(w s), s = t / (1 + t), and
         # compares it with metric depth: 39 t / (1 + t) m is 7.9 m for a surface at 10 m and never
