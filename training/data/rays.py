@@ -137,10 +137,7 @@ def build_rays(data_root: Path, key: SampleEntry, neighbours: list[SampleEntry],
     parts = []
     for entry in [key, *neighbours]:
         auxiliary = entry is not key
-        for name in CAMERA_NAMES:
-            labels = camera_labels(data_root, entry, name, image_sizes[name])
-            if labels is None:
-                continue
+        for name, labels in frame_labels(data_root, entry, image_sizes).items():
             camera2key = camera_to_key_ego(entry, name, key_ego2global)
             origins, directions, ranges, semantics = camera_rays(
                 labels, entry["cameras"][name]["intrinsic"], camera2key, sampling.max_depth_m)
@@ -173,29 +170,34 @@ def camera_to_key_ego(entry: SampleEntry, camera: str, key_ego2global: np.ndarra
     return invert_rigid(key_ego2global) @ ego2global @ sensor2ego
 
 
-def camera_labels(data_root: Path, entry: SampleEntry, camera: str, image_size: tuple[int, int],
-                  ) -> CameraLabels | None:
-    """A camera's labels in one frame: its labels_2d, else its LiDAR sweep projected into it (classes from
-    lidarseg where the index names it), else None."""
+def frame_labels(data_root: Path, entry: SampleEntry, image_sizes: dict[str, tuple[int, int]],
+                 ) -> dict[str, CameraLabels]:
+    """Each camera's labels in one frame: its labels_2d, else the frame's LiDAR sweep projected into it
+    (classes from lidarseg where the index names it; labels outside the (H, W) image are dropped), else
+    none."""
     from training.data.dataset import lidar_to_camera, read_labels_2d, read_lidar_points  # (imports us)
 
     if "labels_2d" in entry:
-        return CameraLabels(*read_labels_2d(data_root / entry["labels_2d"][camera]))
+        paths = entry["labels_2d"]
+        return {name: CameraLabels(*read_labels_2d(data_root / paths[name])) for name in CAMERA_NAMES}
     if "lidar" not in entry:
-        return None
+        return {}
     lidar = entry["lidar"]
     points = read_lidar_points(data_root / lidar["path"])
     if "lidarseg_path" in lidar:
         semantics = read_lidarseg(data_root / lidar["lidarseg_path"], lidar["lidarseg_classes"], len(points))
     else:
         semantics = np.full(len(points), IGNORE_INDEX, np.uint8)
-    uv, depth = camera_to_pixels(lidar_to_camera(points, lidar, entry["cameras"][camera]),
-                                 np.asarray(entry["cameras"][camera]["intrinsic"]))
-    height, width = image_size
-    seen = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
-    if "lidarseg_path" in lidar:
-        seen &= semantics != IGNORE_INDEX  # points lidarseg drops (noise, the ego car's body)
-    return CameraLabels(uv[seen], depth[seen], semantics[seen])
+    labels = {}
+    for name in CAMERA_NAMES:
+        camera = entry["cameras"][name]
+        uv, depth = camera_to_pixels(lidar_to_camera(points, lidar, camera), np.asarray(camera["intrinsic"]))
+        height, width = image_sizes[name]
+        seen = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+        if "lidarseg_path" in lidar:
+            seen &= semantics != IGNORE_INDEX  # points lidarseg drops (noise, the ego car's body)
+        labels[name] = CameraLabels(uv[seen], depth[seen], semantics[seen])
+    return labels
 
 
 def collate_rays(rays: list[Rays]) -> RayBatch:
