@@ -197,7 +197,8 @@ class Trainer:
     grad_max_norm: float
     device: torch.device
     depth_loss_weight: float = 0.0  # the config's; > 0 adds the depth loss where batches carry gt_depth
-    supervision: str = "3d"  # the recipe's: which of the 3D loss and the rendering losses apply
+    voxel_labels: bool = True  # the recipe's supervision: the head's 3D loss applies
+    pixel_labels: bool = False  # ... the rendering losses apply
 
 
 def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor]:
@@ -236,9 +237,9 @@ def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
         output, depth = trainer.model(camera, return_depth=True)
     output = output.float()
     losses = {}
-    if "3d" in trainer.supervision:
+    if trainer.voxel_labels:
         losses["loss_occ"] = trainer.raw_model.loss(output, targets)
-    if "2d" in trainer.supervision:
+    if trainer.pixel_labels:
         losses.update(trainer.raw_model.render_loss(output, batch.rays.to(trainer.device), camera.bda))
     if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
         depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
@@ -350,7 +351,7 @@ def build_trainer(options: TrainOptions, config: ModelConfig, env: Distributed, 
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
     ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
     return Trainer(model, raw_model, optimizer, scheduler, scaler, ema, precision, recipe.grad_max_norm,
-                   env.device, config.depth_loss_weight, recipe.supervision)
+                   env.device, config.depth_loss_weight, recipe.voxel_labels, recipe.pixel_labels)
 
 
 def build_loader(dataset: OccupancyDataset, batch_size: int, options: TrainOptions, env: Distributed,
