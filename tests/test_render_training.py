@@ -84,6 +84,17 @@ def test_2d_only_training_never_reads_the_3d_labels(data_root, tmp_path):
         assert torch.equal(value, weights[1][name]), name
 
 
+def test_3d_plus_2d_adds_the_rendering_losses_to_the_voxel_loss(data_root, tmp_path):
+    both = training.with_supervision(MICRO_2D, "3d+2d")
+    dataset = OccupancyDataset(data_root, "train", both.input_size, rays=both.recipe.rays)
+    trainer = trainer_for(both, data_root, tmp_path)
+    trainer.model.train()
+    losses = training.train_step(trainer, [collate([dataset[0]])])
+    assert set(losses) == {"loss", "loss_occ", *RENDERING_LOSSES}
+    parts = sum(value for name, value in losses.items() if name != "loss")
+    assert losses["loss_occ"] > 0 and torch.isclose(losses["loss"], parts)
+
+
 def run(data_root: Path, work_dir: Path, config: str, iters: int, resume: bool = False,
         supervision: str | None = None) -> Path:
     return training.train(TrainOptions(config=config, data_root=data_root, work_dir=work_dir, max_iters=iters,
