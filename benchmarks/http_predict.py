@@ -51,12 +51,20 @@ def load_average() -> str:
 
 def export(repository: Path, configs: list[str]) -> dict[str, float]:
     """Export each config with random weights; seconds per config."""
-    from training.export.repository_export import export_to_repository
+    import tempfile
+
+    from occupancy.model_repository import Runtime
+    from training.export.artifact import export_artifact
+    from training.models.configs import get_config
+    from training.publish import publish
 
     seconds = {}
     for name in configs:
         started = time.perf_counter()
-        export_to_repository(name, None, repository, log=lambda message: print(f"  {message}", flush=True))
+        with tempfile.TemporaryDirectory() as scratch:
+            artifact = export_artifact(get_config(name), None, Path(scratch), Runtime.ONNXRUNTIME,
+                                       log=lambda message: print(f"  {message}", flush=True))
+            publish(repository, name, artifact, runtime=Runtime.ONNXRUNTIME)
         seconds[name] = time.perf_counter() - started
     return seconds
 
@@ -146,7 +154,7 @@ def main() -> None:
         "per frame on average), cycled; sent as multipart with the calibration JSON.",
         "- Server: `occ serve` subprocess, embedded ONNX Runtime backend, default settings (one frame at "
         "a time, ORT intra-op threads = all cores), on 127.0.0.1.",
-        "- Models: exported by `training.export.repository_export.export_to_repository` with **random "
+        "- Models: exported by `training.export.artifact.export_artifact` and published with **random "
         "weights** (timing does not depend on the weights); export took "
         + ", ".join(f"{n} {s:.0f} s" for n, s in export_seconds.items()) + ".",
         "- Client: `clients.client.OccupancyClient` (httpx, keep-alive), one request at a time after 2 "

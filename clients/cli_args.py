@@ -54,3 +54,17 @@ def frame_from_args(args: argparse.Namespace):
     except OSError as error:
         raise InputError(f"--calibration {calibration}: cannot read it ({error.strerror})") from error
     return camera_paths(images, "--images"), parse_calibration(text, f"--calibration {calibration}"), None
+
+
+def gateway_failure(command: str, url: str, error: Exception, context: str = "") -> int:
+    """Print one line on why a call to the gateway failed (its error answer, or that it could not be
+    reached) and return the command's exit status, 1."""
+    import sys
+
+    from clients.client import GatewayError
+
+    if isinstance(error, GatewayError):
+        print(f"occ {command}: {context}{error}", file=sys.stderr)
+    else:
+        print(f"occ {command}: cannot reach {url} ({error})", file=sys.stderr)
+    return 1

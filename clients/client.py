@@ -22,11 +22,13 @@ from occupancy.classes import CLASS_NAMES
 from occupancy.encoding import NPY_MEDIA_TYPE, decode_npy, decode_occupancy
 from occupancy.errors import InputError
 from occupancy.grid import OCC3D_GRID
+from occupancy.sequence import SEQUENCE_HEADER, SEQUENCE_HEADERS
 
 Encoding = Literal["dense", "sparse", "npy"]
 ENCODINGS: tuple[str, ...] = ("dense", "sparse", "npy")
 ImageSource = bytes | str | os.PathLike
 DEFAULT_TIMEOUT_S = 60.0
+SEQUENCES_PATH = "/v1/sequences"
 
 
 class GatewayError(Exception):
@@ -91,11 +93,14 @@ def build_request(
              for camera, source in images.items()]
     if isinstance(calibration, FrameCalibration):
         calibration_json = calibration.model_dump_json(exclude_none=True)
+        sequence_id = calibration.sequence_id
     else:
         calibration_json = json.dumps(calibration)
+        sequence_id = calibration.get("sequence_id")
     files.append(("calibration", ("calibration.json", calibration_json.encode(), "application/json")))
     params = {} if model is None else {"model": model}
-    headers = {}
+    # A load balancer can route a sequence to one replica by this header, without reading the body.
+    headers = {} if not isinstance(sequence_id, str) else {SEQUENCE_HEADER: sequence_id}
     if encoding == "npy":
         headers["Accept"] = NPY_MEDIA_TYPE
     else:
@@ -113,6 +118,7 @@ def parse_prediction(response: httpx.Response, round_trip_ms: float) -> Predicti
             version=response.headers.get("X-Model-Version", ""),
             timing_ms=parse_server_timing(response.headers.get("Server-Timing", "")),
             round_trip_ms=round_trip_ms,
+            sequence=_sequence_from_headers(response.headers),
             body_bytes=len(response.content),
         )
     try:
@@ -131,6 +137,14 @@ def parse_prediction(response: httpx.Response, round_trip_ms: float) -> Predicti
     except (ValueError, KeyError, TypeError) as error:  # ValueError: not JSON
         problem = f"{type(error).__name__}: {error}"
         raise InputError(f"response: not a /predict answer of API.md ({problem})") from error
+
+
+def _sequence_from_headers(headers: httpx.Headers) -> dict[str, Any] | None:
+    """The `sequence` of a .npy answer, from its headers (None for single-frame models)."""
+    if SEQUENCE_HEADER not in headers:
+        return None
+    sequence: dict[str, Any] = {key: headers.get(name) for key, name in SEQUENCE_HEADERS.items()}
+    return sequence | {key: int(sequence[key]) for key in ("frame_index", "history")}
 
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -190,6 +204,10 @@ class OccupancyClient:
         raise_for_gateway_error(response)
         return response.json()
 
+    def end_sequence(self, sequence_id: str) -> bool:
+        """DELETE /v1/sequences/{id}: whether the gateway held the sequence."""
+        return _ended(self._http.delete(f"{SEQUENCES_PATH}/{sequence_id}"))
+
     def ready(self) -> bool:
         """Whether GET /readyz answers 200 (a model is loaded and the backend answers)."""
         try:
@@ -236,6 +254,9 @@ class AsyncOccupancyClient:
         raise_for_gateway_error(response)
         return response.json()
 
+    async def end_sequence(self, sequence_id: str) -> bool:
+        return _ended(await self._http.delete(f"{SEQUENCES_PATH}/{sequence_id}"))
+
     async def ready(self) -> bool:
         try:
             return (await self._http.get("/readyz")).status_code == 200
@@ -250,6 +271,14 @@ class AsyncOccupancyClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _ended(response: httpx.Response) -> bool:
+    """A DELETE /v1/sequences answer: 204 ended, 404 not held; GatewayError otherwise."""
+    if response.status_code == 404:
+        return False
+    raise_for_gateway_error(response)
+    return True
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:

@@ -37,6 +37,17 @@ def dataset_frame(data_root: Path, split: str = "val", token: str | None = None,
     return frame_of_sample(data_root, samples[position])
 
 
+def scene_frames(data_root: Path, split: str, scene: str) -> list[DatasetFrame]:
+    """The frames of one scene of a split, in time order (the index's): a temporal model's sequence."""
+    samples = load_index(data_root, split)
+    frames = [frame_of_sample(data_root, sample) for sample in samples if sample.get("scene_name") == scene]
+    if not frames:
+        scenes = sorted({str(sample.get("scene_name")) for sample in samples})
+        listed = ", ".join(scenes[:5]) + (f" and {len(scenes) - 5} more" if len(scenes) > 5 else "")
+        raise InputError(f"--scene {scene[:64]}: no such scene in {index_path(data_root, split)} ({listed})")
+    return frames
+
+
 def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
     """A DatasetFrame from one index entry; paths are resolved against `data_root`."""
     root = Path(data_root)
@@ -44,8 +55,7 @@ def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
     try:
         cameras = {name: sample["cameras"][name] for name in CAMERA_NAMES}
         calibration = {
-            "cameras": {name: {"intrinsic": cam["intrinsic"], "sensor2ego": cam["sensor2ego"]}
-                        for name, cam in cameras.items()},
+            "cameras": {name: _camera_calibration(cam) for name, cam in cameras.items()},
             "ego2global": sample.get("ego2global"),
             "timestamp": sample.get("timestamp"),
             "sequence_id": sample.get("scene_name"),
@@ -55,6 +65,13 @@ def frame_of_sample(data_root: Path, sample: SampleEntry) -> DatasetFrame:
         raise InputError(f"sample {token}: the index entry lacks {error}") from error
     labels = root / sample["occ_path"] if sample.get("occ_path") else None
     return DatasetFrame(token, images, parse_calibration(calibration, f"sample {token}"), labels)
+
+
+def _camera_calibration(camera: dict) -> dict:
+    """A camera's calibration as the API takes it: with its own ego pose and time where the index has them
+    (nuScenes' cameras expose tens of milliseconds apart; the reference uses each camera's own pose)."""
+    fields = ("intrinsic", "sensor2ego", "ego2global", "timestamp")
+    return {key: camera[key] for key in fields if camera.get(key) is not None}
 
 
 def camera_paths(items: list[str], flag: str) -> dict[str, Path]:

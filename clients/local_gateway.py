@@ -1,6 +1,7 @@
-"""`occ serve` as a child process on a free loopback port: for benchmarks and tests that need the real
-gateway. Ready (GET /readyz 200) before use, always stopped afterwards."""
+"""`occ serve` as a child process on a loopback port it chooses itself: for benchmarks and tests that need
+the real gateway. Ready (GET /readyz 200) before use, always stopped afterwards."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -11,9 +12,13 @@ from pathlib import Path
 
 import httpx
 
+# uvicorn's start-up line; with --port 0 (one worker) it names the port the kernel gave it.
+_LISTENING = re.compile(r"Uvicorn running on (http://\S+:[1-9][0-9]*) ")
+
 
 def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
+    """A loopback TCP port that was free a moment ago (for servers that cannot bind port 0 and say which
+    port they got: another process may take it before they bind it)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -21,18 +26,20 @@ def free_port() -> int:
 
 @contextmanager
 def running_gateway(*serve_args: str, log_path: Path, timeout_s: float = 60.0) -> Iterator[str]:
-    """Starts `occ serve --port <free> *serve_args` (output to `log_path`) and yields its URL once
-    /readyz answers 200; RuntimeError with the log when it exits or is not ready in `timeout_s`."""
-    url = f"http://127.0.0.1:{free_port()}"
+    """Starts `occ serve --port 0 *serve_args` (output to `log_path`): the server binds a free port itself,
+    so no other process can take it in between. Yields its URL, read from the log, once /readyz answers
+    200; RuntimeError with the log when it exits or is not ready in `timeout_s`."""
     with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "occ", "serve", "--port", url.rsplit(":", 1)[1],
-                                    *serve_args], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "occ", "serve", "--port", "0", *serve_args],
+                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + timeout_s
-        while not _ready(url):
+        url = None
+        while url is None or not _ready(url):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"occ serve not ready after {timeout_s:.0f} s (exit code "
                                    f"{process.poll()}):\n{log_path.read_text()}")
+            url = url or _listening_url(log_path)
             time.sleep(0.2)
         yield url
     finally:
@@ -42,6 +49,11 @@ def running_gateway(*serve_args: str, log_path: Path, timeout_s: float = 60.0) -
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _listening_url(log_path: Path) -> str | None:
+    found = _LISTENING.search(log_path.read_text(errors="replace"))
+    return found[1] if found else None
 
 
 def _ready(url: str) -> bool:

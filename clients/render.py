@@ -363,3 +363,51 @@ def write_picture(out: Path, grid: LoadedGrid, other: LoadedGrid | None = None,
     if not cv2.imwrite(str(out), picture):
         raise InputError(f"--out {out}: cannot write a PNG there")
     return out
+
+
+# A sequence of grids: a strip of bird's-eye views (PNG), or an animation of the full pictures.
+ANIMATION_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+SEQUENCE_FORMATS = (".png", *ANIMATION_CODECS)
+MAX_STRIP_COLUMNS = 8  # a longer sequence wraps into rows
+
+
+def write_sequence(out: Path, grids: Sequence[LoadedGrid], use_mask: bool = False, cell: int = 3,
+                   fps: float = 2.0) -> Path:
+    """Draw `grids` (frames of one sequence, in order) into `out`: .png a strip of their bird's-eye views
+    (titled by name, wrapping after MAX_STRIP_COLUMNS), .mp4 / .avi an animation of their pictures
+    (bird's-eye and 3D views, as `write_picture` draws one) at `fps` frames per second."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in SEQUENCE_FORMATS:
+        raise InputError(f"--out {out}: a sequence is drawn into {', '.join(SEQUENCE_FORMATS)}")
+    if not grids:
+        raise InputError("no grids to draw")
+    with_mask = use_mask and any(grid.mask_camera is not None for grid in grids)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        views = [titled(bev_image(g.semantics, g.mask_camera if use_mask else None, cell), g.name)
+                 for g in grids]
+        rows = [stack(views[i:i + MAX_STRIP_COLUMNS], axis=1)
+                for i in range(0, len(views), MAX_STRIP_COLUMNS)]
+        if not cv2.imwrite(str(out), compose(stack(rows, axis=0), with_mask)):
+            raise InputError(f"--out {out}: cannot write a PNG there")
+        return out
+    pictures = [compose(render_grid(grid, use_mask, cell), with_mask) for grid in grids]
+    height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+    codec = cv2.VideoWriter_fourcc(*ANIMATION_CODECS[suffix])
+    writer = cv2.VideoWriter(str(out), codec, fps, (width, height))
+    if not writer.isOpened():
+        raise InputError(f"--out {out}: OpenCV cannot write {suffix} files here (codec "
+                         f"{ANIMATION_CODECS[suffix]}); draw a .png strip instead")
+    try:
+        for picture in pictures:
+            writer.write(_padded(picture, height, width))
+    finally:
+        writer.release()
+    return out
+
+
+def _padded(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` padded with the background to height x width (an animation's frames share one size)."""
+    pad = ((0, height - image.shape[0]), (0, width - image.shape[1]))
+    return np.stack([np.pad(image[..., c], pad, constant_values=BACKGROUND[c]) for c in range(3)], axis=-1)

@@ -7,22 +7,31 @@ Validation errors carry the field path (`cameras.CAM_FRONT.intrinsic`) in pydant
 `parse_calibration` turns them into one `InputError` message.
 """
 
-import json
 import math
-from collections import Counter
 from collections.abc import Mapping
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
-from occupancy.geometry import matrix_to_quaternion, pose_matrix
+from occupancy.geometry import matrix_to_quaternion, pose_matrix, sensor_to_key_ego
+from occupancy.json_input import load_json
 
 Vector3 = tuple[FiniteFloat, FiniteFloat, FiniteFloat]
 Quaternion = tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat]
 Matrix3 = tuple[Vector3, Vector3, Vector3]
+Timestamp = Annotated[StrictInt, Field(ge=0, lt=2**63)]  # microseconds, int64 like nuScenes'
 
 # How far from orthonormal a rotation block may be (float32 round trips reach ~1e-7).
 _ROTATION_TOLERANCE = 1e-4
@@ -70,10 +79,13 @@ class Pose(_Schema):
 
 
 class CameraCalibration(_Schema):
-    """One camera: its pinhole `intrinsic` (3x3, pixels) and its `sensor2ego` pose."""
+    """One camera: its pinhole `intrinsic` (3x3, pixels), its `sensor2ego` pose, and optionally the ego
+    pose and time at which it exposed (nuScenes gives every camera image its own ego_pose)."""
 
     intrinsic: Matrix3
     sensor2ego: Pose
+    ego2global: Pose | None = None
+    timestamp: Timestamp | None = None
 
     @field_validator("intrinsic")
     @classmethod
@@ -91,8 +103,9 @@ class FrameCalibration(_Schema):
 
     cameras: dict[str, CameraCalibration]
     ego2global: Pose | None = None
-    timestamp: Annotated[StrictInt, Field(ge=0)] | None = None  # microseconds
-    sequence_id: Annotated[str, Field(min_length=1)] | None = None
+    timestamp: Timestamp | None = None
+    # Visible ASCII: it also travels in the X-Sequence-Id header, which a load balancer may hash.
+    sequence_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")] | None = None
 
     @field_validator("cameras", mode="before")
     @classmethod
@@ -101,20 +114,58 @@ class FrameCalibration(_Schema):
         if not isinstance(cameras, Mapping):
             return cameras  # the dict type check names the problem
         missing = [name for name in CAMERA_NAMES if name not in cameras]
-        unknown = [name for name in cameras if name not in CAMERA_NAMES]
+        unknown = [str(name)[:64] for name in cameras if name not in CAMERA_NAMES]
         if missing or unknown:
             problems = [f"missing {', '.join(missing)}"] if missing else []
-            problems += [f"unknown {', '.join(map(str, unknown))}"] if unknown else []
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""  # the message stays short
+            problems += [f"unknown {', '.join(unknown[:5])}{more}"] if unknown else []
             raise ValueError(f"{'; '.join(problems)} (expected exactly {', '.join(CAMERA_NAMES)})")
         return {name: cameras[name] for name in CAMERA_NAMES}
+
+    @model_validator(mode="after")
+    def _every_camera_posed(self) -> "FrameCalibration":
+        # Once one camera has its own ego pose, every camera needs one (its own or the frame's).
+        if self.camera_poses_given():
+            unposed = [name for name in CAMERA_NAMES if self._camera_ego2global(name) is None]
+            if unposed:
+                raise ValueError(f"cameras carry their own ego2global, but {', '.join(unposed)} has none "
+                                 "and the frame has no ego2global to fall back on")
+        return self
+
+    def camera_poses_given(self) -> bool:
+        """Whether any camera carries its own ego2global."""
+        return any(camera.ego2global is not None for camera in self.cameras.values())
+
+    def _camera_ego2global(self, name: str) -> Pose | None:
+        return self.cameras[name].ego2global or self.ego2global
 
     def intrinsics_array(self) -> np.ndarray:
         """Intrinsics, float32 (6, 3, 3), in CAMERA_NAMES order."""
         return np.array([self.cameras[name].intrinsic for name in CAMERA_NAMES], dtype=np.float32)
 
     def sensor2ego_array(self) -> np.ndarray:
-        """Camera -> ego transforms, float32 (6, 4, 4), in CAMERA_NAMES order."""
-        return np.stack([self.cameras[name].sensor2ego.matrix() for name in CAMERA_NAMES]).astype(np.float32)
+        """Camera -> ego transforms, float32 (6, 4, 4), in CAMERA_NAMES order.
+
+        Where cameras carry their own ego poses, the ego is the key camera's (CAM_FRONT_LEFT), as the
+        reference composes it (`geometry.sensor_to_key_ego`); a camera without its own pose has the
+        frame's. Without per-camera poses these are the cameras' `sensor2ego` as given.
+        """
+        sensor2ego = self.mounts_array()
+        if self.camera_poses_given():
+            ego2global = self.camera_ego2global_array()
+            sensor2ego = sensor_to_key_ego(sensor2ego, ego2global, ego2global[0])
+        return sensor2ego.astype(np.float32)
+
+    def mounts_array(self) -> np.ndarray:
+        """The cameras' `sensor2ego` as given (camera -> its own ego), float64 (6, 4, 4)."""
+        return np.stack([self.cameras[name].sensor2ego.matrix() for name in CAMERA_NAMES])
+
+    def camera_ego2global_array(self) -> np.ndarray:
+        """Each camera's ego pose (its own, else the frame's), float64 (6, 4, 4); InputError without any."""
+        poses = [self._camera_ego2global(name) for name in CAMERA_NAMES]
+        if any(pose is None for pose in poses):
+            raise InputError("calibration: no ego2global, for the frame or its cameras")
+        return np.stack([pose.matrix() for pose in poses])
 
     def ego2global_array(self) -> np.ndarray | None:
         """Ego -> global transform, float32 (4, 4), or None when the frame has no ego2global."""
@@ -161,36 +212,32 @@ class FrameCalibration(_Schema):
         return parse_calibration(data)
 
 
-def parse_calibration(data: str | bytes | Mapping[str, Any], field: str = "calibration") -> FrameCalibration:
+def parse_calibration(
+    data: str | bytes | memoryview | Mapping[str, Any], field: str = "calibration"
+) -> FrameCalibration:
     """Validate a calibration given as JSON text or a parsed mapping; raise InputError naming the bad field.
 
-    JSON text is parsed with duplicate keys rejected (a camera given twice is an error, not "last wins").
+    JSON text is parsed within bounds (`occupancy.json_input`: nesting depth, integer length) and with
+    duplicate keys rejected (a camera given twice is an error, not "last wins"); text that is not JSON
+    raises MalformedInput.
     """
-    if isinstance(data, str | bytes):
-        data = _loads_unique(data, field)
+    if isinstance(data, str | bytes | bytearray | memoryview):
+        data = load_json(data, field)
     try:
         return FrameCalibration.model_validate(data)
     except ValidationError as error:
         raise InputError(validation_message(error, field)) from error
 
 
-def validation_message(error: ValidationError, prefix: str) -> str:
-    """One line per pydantic error, each naming its field: `calibration.cameras.CAM_FRONT.intrinsic: ...`."""
-    lines = []
-    for detail in error.errors(include_url=False):
-        path = ".".join([prefix, *(str(part) for part in detail["loc"])])
-        lines.append(f"{path}: {detail['msg']}")
+def validation_message(error: ValidationError, prefix: str, limit: int = 10) -> str:
+    """One line per pydantic error, each naming its field: `calibration.cameras.CAM_FRONT.intrinsic: ...`.
+
+    At most `limit` of them, with field names cut to 64 characters: a body of a million unknown keys
+    gets a short answer.
+    """
+    details = error.errors(include_url=False)
+    lines = [f"{'.'.join([prefix, *(str(part)[:64] for part in detail['loc'])])}: {detail['msg']}"
+             for detail in details[:limit]]
+    if len(details) > limit:
+        lines.append(f"and {len(details) - limit} more")
     return "; ".join(lines)
-
-
-def _loads_unique(text: str | bytes, field: str) -> Any:
-    def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        duplicates = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
-        if duplicates:
-            raise InputError(f"{field}: duplicate key(s) {', '.join(duplicates)}")
-        return dict(pairs)
-
-    try:
-        return json.loads(text, object_pairs_hook=reject_duplicates)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{field}: not valid JSON ({error})") from error

@@ -8,8 +8,10 @@ InputError saying what is wrong.
 import base64
 import binascii
 import io
+import json
 import zlib
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,6 +59,43 @@ def encode_sparse(grid: np.ndarray) -> list[list[int]]:
     grid = _checked_grid(grid, None, "grid")
     indices = np.argwhere(grid != FREE_CLASS)
     return np.concatenate([indices, grid[tuple(indices.T)][:, None]], axis=1).tolist()
+
+
+def encode_sparse_json(grid: np.ndarray) -> bytes:
+    """`json.dumps(encode_sparse(grid), separators=(",", ":"))`, byte for byte, built with numpy.
+
+    A Python list of 130,000 [x, y, z, class] lists and its JSON took 110-155 ms in the gateway. Here
+    each voxel is a fixed-width record `[xxx,yyy,zzz,ccc],` whose unused digit places hold NUL bytes,
+    assembled from lookup tables of `[` or `,` followed by the digits, and the NULs are then dropped
+    (benchmarks/encoding_results.md has the options measured).
+    """
+    grid = _checked_grid(grid, None, "grid")
+    flat = np.flatnonzero(grid.reshape(-1) != FREE_CLASS)
+    if not flat.size:
+        return b"[]"
+    columns = (*np.unravel_index(flat, grid.shape), grid.reshape(-1)[flat])
+    opening, separated, closing = _json_number_tables(max(max(grid.shape) - 1, NUM_CLASSES - 1))
+    record = np.empty((flat.size, 5), dtype=opening.dtype)
+    record[:, 0] = opening[columns[0]]
+    for index, column in enumerate(columns[1:], start=1):
+        record[:, index] = separated[column]
+    record[:, 4] = closing
+    text = record.view(np.uint8).reshape(-1)
+    return b"[" + text[text != 0][:-1].tobytes() + b"]"
+
+
+@lru_cache(maxsize=4)
+def _json_number_tables(largest: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For 0..largest: `[` + digits and `,` + digits as fixed-width byte strings (digits right-aligned,
+    NUL-padded), of a void dtype so that a gather copies whole entries; and the record's end `],`."""
+    width = len(str(largest)) + 1
+    entry = np.dtype((np.void, width))
+
+    def table(prefix: bytes) -> np.ndarray:
+        return np.frombuffer(b"".join(prefix + str(value).encode().rjust(width - 1, b"\0")
+                                      for value in range(largest + 1)), dtype=entry)
+
+    return table(b"["), table(b","), np.frombuffer(b"],".ljust(width, b"\0"), dtype=entry)[0]
 
 
 def decode_sparse(
@@ -115,6 +154,13 @@ def encode_occupancy(grid: np.ndarray, encoding: str = DENSE_ENCODING) -> dict[s
     if encoding == SPARSE_ENCODING:
         return {"encoding": SPARSE_ENCODING, "voxels": encode_sparse(grid)}
     raise _unknown_encoding(encoding, "encoding")
+
+
+def encode_occupancy_json(grid: np.ndarray, encoding: str = DENSE_ENCODING) -> bytes:
+    """`encode_occupancy(grid, encoding)` serialised as compact JSON, the sparse list the fast way."""
+    if encoding == SPARSE_ENCODING:
+        return f'{{"encoding":"{SPARSE_ENCODING}","voxels":'.encode() + encode_sparse_json(grid) + b"}"
+    return json.dumps(encode_occupancy(grid, encoding), separators=(",", ":")).encode()
 
 
 def decode_occupancy(occupancy: Mapping[str, Any], shape: Shape = OCC3D_GRID.shape) -> np.ndarray:

@@ -105,3 +105,18 @@ def pixels_to_ego(
 ) -> np.ndarray:
     """Ego-frame points (..., 3) of pixels (..., 2) at depth (..., ) metres; inverse of `ego_to_pixels`."""
     return transform_points(sensor2ego, pixels_to_camera(pixels, depth, intrinsic))
+
+
+def sensor_to_key_ego(
+    sensor2ego: np.ndarray, ego2global: np.ndarray, key_ego2global: np.ndarray
+) -> np.ndarray:
+    """Camera -> key ego transforms (... x 4 x 4, float64): inv(key_ego2global) @ ego2global @ sensor2ego.
+
+    Each camera of a nuScenes sample has its own ego pose (they expose tens of milliseconds apart);
+    the reference (BEVDet `prepare_inputs`) carries every camera into the ego frame of the key camera,
+    the first in CAMERA_NAMES order (CAM_FRONT_LEFT), through the global frame, in float64. `sensor2ego`
+    and `ego2global` are per camera (... x 4 x 4); `key_ego2global` broadcasts against them.
+    """
+    sensor2ego, ego2global, key_ego2global = (np.asarray(matrix, dtype=np.float64)
+                                              for matrix in (sensor2ego, ego2global, key_ego2global))
+    return np.linalg.inv(key_ego2global) @ ego2global @ sensor2ego

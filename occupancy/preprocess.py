@@ -1,4 +1,5 @@
-"""Image preprocessing: the BEVDet/FlashOcc resize-crop-flip-rotate transform and its post_rot/post_tran.
+"""Image preprocessing: the BEVDet/FlashOcc resize-crop-flip-rotate transform and its post_rot/post_tran,
+and the images the networks take (channels as decoded, resampled the fast or the reference way).
 
 Image coordinates (u, v) = (column, row) are continuous, in the pixel-area convention: pixel
 [row i, column j] covers [j, j + 1) x [i, i + 1). PIL and cv2.resize scale images in this
@@ -6,26 +7,36 @@ convention, so a resize by s maps u to s * u exactly, which is how the reference
 (BEVDet `PrepareImageInputs.img_transform`) builds post_rot/post_tran; intrinsics are used with
 the same numbers. `apply_transform` warps an image exactly by a transform's affine map, so the
 pixels and the geometry the model receives agree.
+
+Channels: the networks take B, G, R (occupancy/network_input.py says why), which is what OpenCV
+decodes, so `model_input_image` returns the decoded channels as they are.
+
+Resampling: `model_input_image` makes the model input the fast way (JPEG decoded at 1/2, 1/4 or 1/8
+in its DCT, area-averaged, one bilinear warp; `FAST`) or as the reference does (a full decode and
+PIL's resize with its default bicubic filter, crop, flip and rotate; `REFERENCE`, needs Pillow).
+docs/preprocessing.md has the measured difference.
 """
 
+import io
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from occupancy.errors import InputError
-
-# ImageNet statistics of RGB images in [0, 255]; the exported graph normalises with them.
-IMAGENET_MEAN_RGB: tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB: tuple[float, float, float] = (58.395, 57.12, 57.375)
+from occupancy.network_input import FAST, REFERENCE, Resampling
 
 # cv2.imdecode flags per decoded scale: JPEG decodes at 1/2, 1/4, 1/8 in its DCT, nearly for free.
+# Calibration is for the sensor's raw pixels, so an EXIF Orientation tag must not rotate them.
 DECODE_FLAGS: dict[float, int] = {
-    1.0: cv2.IMREAD_COLOR,
-    0.5: cv2.IMREAD_REDUCED_COLOR_2,
-    0.25: cv2.IMREAD_REDUCED_COLOR_4,
-    0.125: cv2.IMREAD_REDUCED_COLOR_8,
+    scale: flag | cv2.IMREAD_IGNORE_ORIENTATION for scale, flag in {
+        1.0: cv2.IMREAD_COLOR,
+        0.5: cv2.IMREAD_REDUCED_COLOR_2,
+        0.25: cv2.IMREAD_REDUCED_COLOR_4,
+        0.125: cv2.IMREAD_REDUCED_COLOR_8,
+    }.items()
 }
 
 Size = tuple[int, int]  # (height, width) in pixels
@@ -46,6 +57,9 @@ class ImageTransform:
     size: Size
     linear: tuple[tuple[float, float], tuple[float, float]] = _IDENTITY
     offset: tuple[float, float] = (0.0, 0.0)
+    # The operations in order, ("resize", (W, H)), ("crop", (left, top, right, bottom)), ("flip", ()),
+    # ("rotate", (degrees,)): what the reference replays on a PIL image.
+    steps: tuple[tuple[str, tuple], ...] = ()
 
     @classmethod
     def identity(cls, size: Size) -> "ImageTransform":
@@ -74,23 +88,28 @@ class ImageTransform:
             raise ValueError(f"cannot compose: {other.source_size} follows an image of size {self.size}")
         linear = np.asarray(other.linear) @ np.asarray(self.linear)
         offset = np.asarray(other.linear) @ np.asarray(self.offset) + np.asarray(other.offset)
-        return ImageTransform(self.source_size, other.size, _pair_of_pairs(linear), _pair(offset))
+        return ImageTransform(self.source_size, other.size, _pair_of_pairs(linear), _pair(offset),
+                              self.steps + other.steps)
 
     def resize(self, scale: float) -> "ImageTransform":
         """Scale by `scale`; like the reference, the image becomes int(H * scale) x int(W * scale)."""
         height, width = self.size
-        step = ImageTransform(self.size, (int(height * scale), int(width * scale)),
-                              ((scale, 0.0), (0.0, scale)), (0.0, 0.0))
+        size = (int(height * scale), int(width * scale))
+        step = ImageTransform(self.size, size, ((scale, 0.0), (0.0, scale)), (0.0, 0.0),
+                              (("resize", (size[1], size[0])),))
         return self.then(step)
 
     def crop(self, top: int, left: int, size: Size) -> "ImageTransform":
         """Keep the `size` (H, W) window whose top-left pixel is (top, left); outside the image is black."""
-        return self.then(ImageTransform(self.size, tuple(size), _IDENTITY, (-float(left), -float(top))))
+        box = (left, top, left + size[1], top + size[0])
+        return self.then(ImageTransform(self.size, tuple(size), _IDENTITY, (-float(left), -float(top)),
+                                        (("crop", box),)))
 
     def flip(self) -> "ImageTransform":
         """Mirror left-right: u -> W - u."""
         width = self.size[1]
-        return self.then(ImageTransform(self.size, self.size, ((-1.0, 0.0), (0.0, 1.0)), (float(width), 0.0)))
+        return self.then(ImageTransform(self.size, self.size, ((-1.0, 0.0), (0.0, 1.0)), (float(width), 0.0),
+                                        (("flip", ()),)))
 
     def rotate(self, degrees: float) -> "ImageTransform":
         """Rotate about the image centre, counter-clockwise as displayed, keeping the size (PIL `rotate`)."""
@@ -98,7 +117,8 @@ class ImageTransform:
         rotation = np.array([[math.cos(angle), math.sin(angle)], [-math.sin(angle), math.cos(angle)]])
         centre = np.array([self.size[1], self.size[0]], dtype=np.float64) / 2
         offset = centre - rotation @ centre
-        return self.then(ImageTransform(self.size, self.size, _pair_of_pairs(rotation), _pair(offset)))
+        return self.then(ImageTransform(self.size, self.size, _pair_of_pairs(rotation), _pair(offset),
+                                        (("rotate", (float(degrees),)),)))
 
 
 def test_time_transform(source_size: Size, input_size: Size, bottom_crop: float = 0.0) -> ImageTransform:
@@ -164,9 +184,76 @@ def apply_transform(image: np.ndarray, transform: ImageTransform, decoded_scale:
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def bgr_to_rgb(image: np.ndarray) -> np.ndarray:
-    """Swap an OpenCV BGR image (H, W, 3) to the RGB order the models take."""
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+@dataclass(frozen=True)
+class SourceImage:
+    """A decoded camera image on its way to the model input: a B, G, R array decoded at `decoded_scale`
+    of its source size (fast), or a PIL image at full size (reference)."""
+
+    pixels: Any
+    decoded_scale: float
+    resampling: Resampling
+
+
+def decode_source(data: bytes, kind: str, transform: ImageTransform, resampling: Resampling = FAST,
+                  field: str = "image") -> SourceImage:
+    """Decode one JPEG or PNG (`kind` "jpeg" or "png") as far as `transform` needs it; InputError naming
+    `field` when it is not decodable."""
+    if resampling == REFERENCE:
+        return SourceImage(_pil_decode(data, transform, field), 1.0, REFERENCE)
+    scale = decode_scale(transform) if kind == "jpeg" else 1.0
+    return SourceImage(decode_image(data, scale, field), scale, FAST)
+
+
+def model_input(source: SourceImage, transform: ImageTransform, field: str = "image") -> np.ndarray:
+    """The model's (H, W, 3) uint8 input under `transform`, channels in CHANNEL_ORDER."""
+    if source.resampling == REFERENCE:
+        return _pil_transform(source.pixels, transform)
+    try:
+        return apply_transform(source.pixels, transform, source.decoded_scale)
+    except InputError as error:  # decoded size disagrees with the header: a corrupt file
+        raise InputError(f"{field}: {error}") from None
+
+
+def model_input_image(data: bytes, kind: str, transform: ImageTransform, resampling: Resampling = FAST,
+                      field: str = "image") -> np.ndarray:
+    """`decode_source` then `model_input`: one encoded image to its model input."""
+    return model_input(decode_source(data, kind, transform, resampling, field), transform, field)
+
+
+def _pil_decode(data: bytes, transform: ImageTransform, field: str):
+    """The whole image as an RGB PIL image, as the reference opens it (Pillow is optional: only the
+    reference resampling needs it)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise InputError("resampling 'reference' needs Pillow (pip install pillow)") from None
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"{field}: not a decodable JPEG or PNG image ({error})") from None
+    if (image.height, image.width) != tuple(transform.source_size):
+        raise InputError(f"{field}: decoded {image.height} x {image.width} pixels, expected "
+                         f"{transform.source_size[0]} x {transform.source_size[1]}")
+    return image
+
+
+def _pil_transform(image, transform: ImageTransform) -> np.ndarray:
+    """The reference's `img_transform_core` replayed from the transform's steps (`Image.resize` with its
+    default filter, bicubic since Pillow 7; crop; flip; `rotate`, nearest), and the R, G, B result
+    reversed to B, G, R, which is what mmcv's to_rgb swap makes of it."""
+    from PIL import Image
+
+    for name, arguments in transform.steps:
+        if name == "resize":
+            image = image.resize(arguments)
+        elif name == "crop":
+            image = image.crop(arguments)
+        elif name == "flip":
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        else:
+            image = image.rotate(*arguments)
+    return np.ascontiguousarray(np.asarray(image)[..., ::-1])
 
 
 def _check_decoded_size(image: np.ndarray, source_size: Size, decoded_scale: float) -> None:

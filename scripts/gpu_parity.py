@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
-from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,21 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per runtime, after 3 warm-up runs")
     parser.add_argument("--json", type=Path, help="write the results here too")
     return parser.parse_args(argv)
-
-
-def sample_frame(input_size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """One frame in the exported model's input form (uint8 RGB images, float32 calibrations, batch 1)."""
-    from training.export.rig import nuscenes_like_batch
-
-    batch = nuscenes_like_batch(input_size, batch_size=1, seed=0)
-    rng = np.random.default_rng(0)
-    return {
-        contract.IMAGES: rng.integers(0, 256, tuple(batch.images.shape), dtype=np.uint8),
-        contract.INTRINSICS: batch.intrinsics.numpy(),
-        contract.SENSOR2EGO: batch.sensor2ego.numpy(),
-        contract.POST_ROTS: batch.post_rots.numpy(),
-        contract.POST_TRANS: batch.post_trans.numpy(),
-    }
 
 
 def timed(
@@ -74,28 +58,18 @@ def timed(
 
 
 def torch_runner(args: argparse.Namespace, frame: dict[str, np.ndarray], device: str):
-    """PyTorch FP32: the model takes normalised float images, the export normalises inside the graph."""
+    """PyTorch FP32: the checkpoint's model behind the same contract (normalisation and argmax included)."""
     import torch
 
-    from training.batch import CameraBatch
+    from training.export.onnx_export import ExportModel
     from training.models.checkpoint import load_model
 
-    model = load_model(args.checkpoint, args.config)[0].to(device)
-    mean = torch.tensor(IMAGENET_MEAN_RGB).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_RGB).view(1, 1, 3, 1, 1)
-    images = (torch.from_numpy(frame[contract.IMAGES]).float() - mean) / std
-    batch = CameraBatch(
-        images=images,
-        intrinsics=torch.from_numpy(frame[contract.INTRINSICS]),
-        sensor2ego=torch.from_numpy(frame[contract.SENSOR2EGO]),
-        post_rots=torch.from_numpy(frame[contract.POST_ROTS]),
-        post_trans=torch.from_numpy(frame[contract.POST_TRANS]),
-        bda=torch.eye(3).unsqueeze(0),
-    ).to(device)
+    model = ExportModel(load_model(args.checkpoint, args.config)[0]).to(device).eval()
+    tensors = [torch.from_numpy(frame[name]).to(device) for name in contract.INPUT_NAMES]
 
     def run() -> np.ndarray:
         with torch.inference_mode():
-            return model.predict(batch).to(torch.uint8).cpu().numpy()
+            return model(*tensors).cpu().numpy()
 
     return run
 
@@ -157,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     import torch
 
+    from training.export.onnx_export import sample_inputs
     from training.models.checkpoint import read_checkpoint
     from training.models.configs import get_config
 
@@ -177,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append(f"ONNX Runtime CUDA: this onnxruntime has only {providers} (install onnxruntime-gpu)")
 
     config_name = args.config or read_checkpoint(args.checkpoint).get("config")
-    frame = sample_frame(get_config(config_name).input_size)
+    frame = sample_inputs(get_config(config_name))  # random images on the nuScenes-like rig
     device = "cuda" if gpu else "cpu"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
     reference, reference_ms = timed(torch_runner(args, frame, device), args.runs, sync)

@@ -2,9 +2,8 @@
 
 from dataclasses import dataclass
 
-from fastapi import HTTPException, status
-
 from occupancy.image_header import image_kind, image_size
+from service.core.errors import ErrorKind, GatewayError
 
 
 @dataclass(frozen=True)
@@ -18,13 +17,14 @@ class ImageHeader:
         return self.height * self.width
 
 
-def read_header(data: bytes, part: str) -> ImageHeader:
-    """Type and size of an image part; 415 for a type other than JPEG/PNG, 400 for an unreadable header."""
+def read_header(data: bytes | memoryview, part: str) -> ImageHeader:
+    """Type and size of an image part; GatewayError UNSUPPORTED for a type other than JPEG/PNG,
+    MALFORMED for an unreadable header."""
     kind = image_kind(data)
     if kind is None:
-        raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                            f"{part}: not a JPEG or PNG image (by its first bytes {data[:8].hex()})")
+        raise GatewayError(ErrorKind.UNSUPPORTED,
+                           f"{part}: not a JPEG or PNG image (by its first bytes {bytes(data[:8]).hex()})")
     size = image_size(data)
     if size is None:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{part}: undecodable {kind} (no readable size)")
+        raise GatewayError(ErrorKind.MALFORMED, f"{part}: undecodable {kind} (no readable size)")
     return ImageHeader(kind, *size)

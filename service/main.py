@@ -3,30 +3,40 @@
 Run it with `occ serve`, or `uvicorn --factory service.main:create_app_from_env`.
 """
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, status
+from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
-from occupancy.errors import InputError
+from occupancy.cameras import CAMERA_NAMES
 from service.api.deps import require_api_key
-from service.api.routes import health, models, predict
+from service.api.errors import add_error_handlers
+from service.api.request_metrics import PredictMetrics
+from service.api.routes import health, models, predict, sequences
 from service.backends.base import Backend
 from service.backends.embedded import EmbeddedBackend
 from service.backends.triton import TritonBackend
-from service.core.admission import Admission
+from service.core.admission import Admission, UploadLimit
 from service.core.config import Settings
 from service.core.metrics import Metrics
-from service.core.state import AppState
+from service.core.sequences import SequenceLimits, SequenceStore
 from service.request_body import PredictJSONBody
+from service.state import AppState
 
 log = logging.getLogger("service")
+
+# One thread per camera, as far as there are cores: decoding is CPU work (libjpeg releases the GIL).
+DECODE_THREADS = min(len(CAMERA_NAMES), os.cpu_count() or 1)
+
+SWEEP_S = 10.0  # how often expired sequences are dropped at the latest (sooner with a shorter TTL)
 
 BackendFactory = Callable[[Settings], Backend]
 BACKENDS: dict[str, BackendFactory] = {"embedded": EmbeddedBackend.load, "triton": TritonBackend.load}
@@ -40,10 +50,17 @@ def create_app(settings: Settings | None = None, build_backend: BackendFactory |
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = await run_in_threadpool(build_backend, settings)
+        decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="occ-decode")
+        sweeper = None
         try:
-            app.state.occ = _state(settings, backend)
+            app.state.occ = state = _state(settings, backend, decoder)
+            interval = min(settings.sequence_ttl_s, SWEEP_S)
+            sweeper = asyncio.create_task(state.sequences.sweep_forever(interval))
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+            decoder.shutdown(wait=False, cancel_futures=True)
             await backend.close()
 
     app = FastAPI(
@@ -55,8 +72,9 @@ def create_app(settings: Settings | None = None, build_backend: BackendFactory |
     app.include_router(health.router)
     app.include_router(predict.router, dependencies=[Depends(require_api_key)])
     app.include_router(models.router, dependencies=[Depends(require_api_key)])
-    app.add_exception_handler(InputError, _input_error)
-    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(sequences.router, dependencies=[Depends(require_api_key)])
+    app.add_middleware(PredictMetrics)
+    add_error_handlers(app, settings.retry_after_s)
     app.openapi = lambda: _openapi(app)
     return app
 
@@ -66,22 +84,31 @@ def create_app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
-def _state(settings: Settings, backend: Backend) -> AppState:
+def _state(settings: Settings, backend: Backend, decoder: ThreadPoolExecutor) -> AppState:
     metrics = Metrics(backend.kind)
     metrics.follow_models(lambda: backend.models)
     default = settings.default_model or min(backend.models)
     log.info("serving %s with backend %s (default %s)", sorted(backend.models), backend.kind, default)
     admission = Admission(settings.max_concurrent, settings.max_queue, metrics)
-    return AppState(settings, backend, metrics, admission, default)
+    uploads = UploadLimit(settings.max_uploads)
+    limits = SequenceLimits(settings.max_sequences, settings.sequence_ttl_s, settings.sequence_rules(),
+                            settings.max_queue)
+    sequences = SequenceStore(limits, metrics)
+    _log_sequence_bound(sequences, backend.models.values(), settings)
+    return AppState(settings, backend, metrics, admission, uploads, decoder, default, sequences)
 
 
-async def _input_error(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(error)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
-
-
-async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": "internal error"}, status.HTTP_500_INTERNAL_SERVER_ERROR)
+def _log_sequence_bound(sequences: SequenceStore, models, settings: Settings) -> None:
+    """What the temporal models' sequences can hold at most, logged at start-up."""
+    temporal = [model for model in models if model.temporal]
+    if not temporal:
+        return
+    per_frame = ", ".join(f"{model.name} {model.state_bytes / 2**20:.2f} MiB" for model in temporal)
+    in_flight = settings.max_concurrent * 2 * max(model.state_bytes for model in temporal)
+    log.info("sequence state: at most %d sequences x %d kept frames x the largest state per frame (%s) = "
+             "%.1f MiB, plus %.1f MiB for the frames in flight (OCC_MAX_SEQUENCES, OCC_SEQUENCE_FRAMES)",
+             settings.max_sequences, settings.sequence_frames, per_frame,
+             sequences.bound_bytes(temporal) / 2**20, in_flight / 2**20)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """A real Triton server on this machine, from the `tritonserver` binary that PyPI's nvidia-pytriton bundles.
 
-For tests and local runs without Docker: CPU only (the bundled server has the python backend, no
-onnxruntime or TensorRT backend), so it serves the python-backend model that runs model.onnx with ONNX
-Runtime (training.export.triton_config.write_python_backend_model).
+For tests and local runs without Docker: CPU only. The bundled server has the python backend but no
+onnxruntime or TensorRT backend, so a repository with onnxruntime models (such as the committed
+model_repository/) is served through a python-backend view of it, made at start-up in the server's work
+folder (occupancy.model_repository.python_backend_view: each version runs its model.onnx with ONNX Runtime
+in service/triton_python_backend/model.py). A repository of python-backend models is served as it is, so
+versions published into it later load. With explicit model control and no model named, every model loads.
 
 What running the bundled binary takes, as pytriton's own launcher does it:
 - a backend directory holding the python backend (libtriton_python.so, triton_python_backend_utils.py)
@@ -19,6 +22,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -31,9 +35,18 @@ from pathlib import Path
 from typing import Literal
 
 from occupancy.errors import InputError
+from occupancy.model_repository import (
+    PYTHON_MODEL_FILE,
+    Runtime,
+    model_runtime,
+    python_backend_view,
+    scan_repository,
+)
+from occupancy.triton_access import restricted_flags
 
 ModelControl = Literal["explicit", "poll", "none"]
 LOOPBACK = "127.0.0.1"
+PYTHON_BACKEND_MODEL = Path(__file__).parent / "triton_python_backend" / PYTHON_MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,9 @@ class TritonDistribution:
     @property
     def libs(self) -> Path:
         return self.root.parent.parent / "nvidia_pytriton.libs"
+
+    def has_backend(self, name: str) -> bool:
+        return (self.root / "backends" / name).is_dir()
 
     def stub(self, version: tuple[int, int]) -> Path:
         stubs = self.root / "python_backend_stubs"
@@ -110,9 +126,10 @@ class TritonLocal:
         grpc_port: int = 8001,
         metrics_port: int = 8002,
         model_control: ModelControl = "explicit",
-        load_models: tuple[str, ...] = (),
+        load_models: tuple[str, ...] | None = None,
         exit_timeout_s: int = 5,
         log_verbose: int = 0,
+        restricted_key: str | None = None,
     ):
         if not repository.is_dir():
             raise InputError(f"--repository {repository}: no such directory")
@@ -122,7 +139,10 @@ class TritonLocal:
         self.load_models = load_models
         self.exit_timeout_s = exit_timeout_s
         self.log_verbose = log_verbose
+        self.restricted_key = restricted_key  # model control only with this key (occupancy.triton_access)
         self.distribution = find_distribution()
+        self.served_repository = self.repository  # a python-backend view of it, where start() makes one
+        self.view: dict[str, str] = {}  # what the view made of each model, when there is one
         self._workdir: tempfile.TemporaryDirectory | None = None
         self._process: subprocess.Popen | None = None
         self.log_path: Path | None = None
@@ -142,7 +162,7 @@ class TritonLocal:
     def command(self, backend_directory: Path) -> list[str]:
         command = [
             str(self.distribution.binary),
-            f"--model-repository={self.repository}",
+            f"--model-repository={self.served_repository}",
             f"--backend-directory={backend_directory}",
             f"--model-control-mode={self.model_control}",
             f"--http-address={LOOPBACK}", f"--http-port={self.http_port}",
@@ -154,22 +174,36 @@ class TritonLocal:
         ]
         if self.model_control == "poll":
             command.append("--repository-poll-secs=5")
-        command += [f"--load-model={name}" for name in self.load_models]
+        if self.model_control == "explicit":
+            names = ("*",) if self.load_models is None else self.load_models  # None: every model
+            command += [f"--load-model={name}" for name in names]
+        if self.restricted_key is not None:
+            command += restricted_flags(self.restricted_key)
         return command
 
     def start(self) -> None:
         """Prepare the backend directory and launch the server (returns at once; see wait_ready)."""
         if self._process is not None:
             raise RuntimeError("this TritonLocal is already started")
+        _require_free(self.http_port, self.grpc_port, self.metrics_port)
         self._workdir = tempfile.TemporaryDirectory(prefix="occ-triton-")
         workdir = Path(self._workdir.name)
         backends = prepare_backends(self.distribution, workdir / "backends")
+        if self._needs_view():
+            self.served_repository = workdir / "repository"
+            self.view = python_backend_view(self.repository, self.served_repository, PYTHON_BACKEND_MODEL)
         self.log_path = workdir / "tritonserver.log"
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 self.command(backends), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=server_environment(self.distribution), cwd=workdir, start_new_session=True,
             )
+
+    def _needs_view(self) -> bool:
+        """Whether some model needs a backend this server lacks (ONNX Runtime's, the python one has it)."""
+        models = scan_repository(self.repository).values()
+        return not self.distribution.has_backend(Runtime.ONNXRUNTIME.value) and any(
+            model_runtime(entry.directory) is Runtime.ONNXRUNTIME for entry in models)
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
         """Block until GET /v2/health/ready answers 200 and the metrics endpoint answers (tritonserver
@@ -227,6 +261,7 @@ class TritonLocal:
         if self._workdir is not None:
             self._workdir.cleanup()
         self._process, self._workdir = None, None
+        self.served_repository, self.view = self.repository, {}
         return code
 
     def _kill_stragglers(self) -> None:
@@ -240,6 +275,19 @@ class TritonLocal:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _require_free(*ports: int) -> None:
+    """InputError naming a port another process listens on: readiness checks would ask that process."""
+    for port in ports:
+        with socket.socket() as probe:
+            # As servers bind: connections of a server that just stopped (TIME_WAIT) do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError as error:
+                raise InputError(f"port {port} on {LOOPBACK} is in use ({error.strerror}); stop what listens "
+                                 "there or choose other --http-port/--grpc-port/--metrics-port") from None
 
 
 def _answers(url: str) -> bool:

@@ -1,6 +1,7 @@
 """`occ triton-local`: run the tritonserver that nvidia-pytriton bundles on loopback, in the foreground.
 
-CPU only: it serves python-backend models (training.export.triton_config.write_python_backend_model).
+CPU only: onnxruntime models are served through a python-backend view of the repository
+(service/triton_local.py).
 """
 
 import argparse
@@ -17,16 +18,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-control", choices=("explicit", "poll", "none"), default="explicit",
                         help="explicit: models load through the repository API or --load-model (default)")
     parser.add_argument("--load-model", action="append", default=[], metavar="NAME",
-                        help="load this model at start (repeatable; with --model-control explicit)")
+                        help="load this model at start (repeatable; with --model-control explicit; "
+                             "default: every model of the repository)")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="seconds to wait for readiness")
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+    import sys
+
     from service.triton_local import TritonLocal
 
+    # SIGTERM (docker stop, a supervisor, a test) ends the server too, through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     server = TritonLocal(
         args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
-        model_control=args.model_control, load_models=tuple(args.load_model),
+        model_control=args.model_control, load_models=tuple(args.load_model) or None,
     )
     server.start()
     try:
@@ -35,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as error:
             print(f"occ triton-local: error: {error}")
             return 1
+        for name, outcome in server.view.items():
+            print(f"{name}: {outcome} (a view of {server.repository} made at start-up, in "
+                  f"{server.served_repository})")
         print(f"triton ready in {seconds:.1f} s: http {server.http_url}, grpc {server.grpc_url}, "
               f"metrics {server.metrics_url}; log {server.log_path}; Ctrl-C stops it", flush=True)
         code = server.wait()

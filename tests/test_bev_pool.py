@@ -11,9 +11,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from occupancy.model_repository import Runtime
 from training.export.rig import nuscenes_like_batch
-from training.models.bev_pool import EXPORT_TARGETS, ExportTarget, bev_pool, export_target
+from training.models.bev_pool import bev_pool, export_target
 from training.models.configs import build_model, get_config
+
+GRAPH_RUNTIMES = (Runtime.ONNXRUNTIME, Runtime.TENSORRT)  # the two pooling formulations
 
 
 class Pool(nn.Module):
@@ -40,7 +43,7 @@ def loop_pool(depth: Tensor, feat: Tensor, voxel_index: Tensor, grid_shape: tupl
 
 
 def export_pool(grid_shape: tuple[int, int, int], example: tuple[Tensor, ...],
-                target: ExportTarget) -> onnx.ModelProto:
+                target: Runtime) -> onnx.ModelProto:
     buffer = io.BytesIO()
     names = ["depth", "feat", "voxel_index"]
     with export_target(target):
@@ -50,7 +53,7 @@ def export_pool(grid_shape: tuple[int, int, int], example: tuple[Tensor, ...],
     model = onnx.load_from_string(buffer.getvalue())
     ops = [node.op_type for node in model.graph.node]
     assert "ScatterND" not in ops
-    if target == "tensorrt":
+    if target is Runtime.TENSORRT:
         assert ops.count("ScatterElements") == 1 and "TopK" not in ops
     return model
 
@@ -61,7 +64,7 @@ def run_onnx(model: onnx.ModelProto, depth: Tensor, feat: Tensor, voxel_index: T
     return session.run(["bev"], feeds)[0]
 
 
-@pytest.mark.parametrize("target", EXPORT_TARGETS)
+@pytest.mark.parametrize("target", GRAPH_RUNTIMES)
 def test_exported_pooling_sums_duplicate_indices_exactly(target):
     generator = torch.Generator().manual_seed(0)
     grid = (4, 3, 2)  # 24 cells for 2 x 2 x 6 x 3 x 5 = 360 points: 15 per cell on average
@@ -78,7 +81,7 @@ def test_exported_pooling_sums_duplicate_indices_exactly(target):
     np.testing.assert_allclose(bev_pool(depth, feat, index, grid).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("target", EXPORT_TARGETS)
+@pytest.mark.parametrize("target", GRAPH_RUNTIMES)
 def test_exported_pooling_on_the_rig_frustum(target):
     """The demo model's frustum (6 x 44 x 8 x 22 points) with the nuScenes-like rig's voxel indices."""
     view = build_model(get_config("demo-tiny")).img_view_transformer

@@ -2,16 +2,22 @@
 against a real `occ serve` on a free loopback port, with the stand-in model of service_fixtures."""
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from service_fixtures import (
+    GatedBackend,
     build_test_model,
     calibration,
     frame_images,
-    reference_inputs,
+    gateway_inputs,
     run_model,
     write_model,
 )
@@ -24,6 +30,7 @@ from occ.cli import main
 from occupancy.calibration import parse_calibration
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
+from service.backends.embedded import EmbeddedBackend
 from service.core.config import Settings
 from service.main import create_app
 
@@ -73,7 +80,7 @@ def client(repository):
 
 def test_every_encoding_gives_the_reference_grid(client, repository):
     images, frame = frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
-    expected = run_model(repository[1], reference_inputs(images, frame, INPUT_SIZE))
+    expected = run_model(repository[1], gateway_inputs(images, frame, INPUT_SIZE))
     assert (expected != 17).any() and (expected == 17).any()
     for encoding in ("dense", "sparse", "npy"):
         prediction = client.predict(images, parse_calibration(frame), encoding=encoding)
@@ -173,7 +180,7 @@ def test_occ_predict_end_to_end(server, repository, data_root, tmp_path, capsys)
                  "--render", str(picture)])
     printed = capsys.readouterr().out
     assert code == 0
-    expected = run_model(repository[1], reference_inputs(images, frame, INPUT_SIZE))
+    expected = run_model(repository[1], gateway_inputs(images, frame, INPUT_SIZE))
     assert np.array_equal(np.load(out), expected)
     assert "model fake version 1" in printed and "inference" in printed
     free_line = next(line for line in printed.splitlines() if line.split()[:1] == ["free"])
@@ -219,11 +226,87 @@ def test_occ_bench_counts(server, data_root, tmp_path, capsys):
     assert (result.requests, result.ok, result.errors, result.latency_ms) == (4, 0, {"404": 4}, ())
 
 
+@pytest.mark.integration
+def test_occ_bench_open_loop_offers_rate_times_duration_frames(server, data_root, tmp_path, capsys):
+    report = tmp_path / "open.json"
+    code = main(["bench", "--url", server, "--data-root", str(data_root), "--rate", "8", "--duration", "1.5",
+                 "--encoding", "npy", "--json", str(report)])
+    assert code == 0, capsys.readouterr()
+    result = json.loads(report.read_text())
+    assert result["requests"] == 12 and result["ok"] + sum(result["errors"].values()) == 12
+    assert result["offered_fps"] == 8 and result["concurrency"] is None
+    assert result["fps"] == pytest.approx(result["ok"] / result["wall_s"])
+    # Frames are sent on schedule, not after the previous answer: the run lasts about 11 / 8 s, not less.
+    assert result["wall_s"] >= 11 / 8
+    assert result["latency_ms"]["p50"] <= result["latency_ms"]["p90"] <= result["latency_ms"]["p99"]
+    assert "offered open-loop at 8 frames/s" in capsys.readouterr().out
+
+
+class RefusalCounter:
+    """An ASGI app around the gateway that sets `refused` once the gateway has answered `count` requests
+    with 503."""
+
+    def __init__(self, app, count: int, refused: threading.Event):
+        self.app, self.count, self.refused, self.answered_503 = app, count, refused, 0
+
+    async def __call__(self, scope, receive, send):
+        async def counting(message):
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                self.answered_503 += 1
+                if self.answered_503 == self.count:
+                    self.refused.set()
+            await send(message)
+
+        await self.app(scope, receive, counting)
+
+
+@contextmanager
+def uvicorn_in_a_thread(app) -> Iterator[str]:
+    """`app` served by uvicorn on a loopback socket bound here first (port 0: the kernel's free port, known
+    before the server starts; connections wait in its backlog until it accepts); yields the URL."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(128)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        listening.close()
+
+
+@pytest.mark.integration
+def test_open_loop_counts_the_503s_of_a_full_queue(repository, data_root):
+    """One frame at a time and no waiting room, and the first frame admitted held until the gateway has
+    refused all the others: of 40 frames offered, exactly 1 is answered and 39 are 503, whatever the load
+    of the machine. The bench must count them so."""
+    settings = Settings(model_repository=repository[0], default_model="fake", watch_interval_s=0,
+                        max_queue=0, max_concurrent=1)
+    offered, refused = 40, threading.Event()
+    app = create_app(settings, lambda settings: GatedBackend(EmbeddedBackend.load(settings), refused))
+    gateway = RefusalCounter(app, offered - 1, refused)
+    frame = dataset_frame(data_root)
+    request = build_request(frame.images, frame.calibration, encoding="npy")
+    with uvicorn_in_a_thread(gateway) as url:
+        result = bench(url, request, duration_s=offered / 1000, rate=1000, warmup=0)
+    assert (result.requests, result.ok, result.errors) == (offered, 1, {"503": offered - 1})
+    assert result.share_overloaded == (offered - 1) / offered
+    assert result.to_dict()["share_503"] == result.share_overloaded
+
+
 def test_occ_bench_refuses_other_hosts_and_big_runs(data_root, capsys):
     assert main(["bench", "--url", "http://example.com", "--data-root", str(data_root)]) == 2
     assert main(["bench", "--url", "http://127.0.0.1:9", "--data-root", str(data_root),
                  "--requests", "100000"]) == 2
+    assert main(["bench", "--url", "http://127.0.0.1:9", "--data-root", str(data_root),
+                 "--rate", "100", "--duration", "200"]) == 2
+    assert main(["bench", "--url", "http://127.0.0.1:9", "--data-root", str(data_root),
+                 "--rate", "5", "--concurrency", "2"]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert "localhost" in errors[0] and "--requests 100000" in errors[1]
+    assert "20000 frames, more than 10000" in errors[2] and "--concurrency" in errors[3]
     with pytest.raises(httpx.ConnectError):
         bench("http://127.0.0.1:9", build_request({}, {}), requests=1)

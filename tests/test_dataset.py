@@ -16,8 +16,8 @@ from occupancy.classes import FREE_CLASS
 from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix
 from occupancy.grid import OCC3D_GRID
-from occupancy.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, decode_scale, test_time_transform
-from training.data import dataset as dataset_module
+from occupancy.network_input import NORMALIZE_MEAN, NORMALIZE_STD
+from occupancy.preprocess import decode_scale, test_time_transform
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
 
@@ -33,7 +33,11 @@ EPOCHS = range(16)
 def root(tmp_path) -> Path:
     """One training frame: black images but a white spot where CAM_FRONT sees POINT; a car voxel at POINT."""
     write_tiny_dataset(tmp_path, scenes=2, frames=1, image_size=SOURCE_SIZE)
-    entry = json.loads((tmp_path / "occ_index_train.json").read_text())["samples"][0]
+    index = json.loads((tmp_path / "occ_index_train.json").read_text())
+    entry = index["samples"][0]
+    for name in CAMERA_NAMES:  # a parked car: every camera at the key camera's pose (motion is tested below)
+        entry["cameras"][name]["ego2global"] = entry["cameras"][CAMERA_NAMES[0]]["ego2global"]
+    (tmp_path / "occ_index_train.json").write_text(json.dumps(index))
     for name in CAMERA_NAMES:
         black = np.zeros((*SOURCE_SIZE, 3), np.uint8)
         cv2.imwrite(str(tmp_path / entry["cameras"][name]["image_path"]), black)
@@ -102,13 +106,21 @@ def test_small_inputs_decode_reduced_and_keep_the_geometry(root, monkeypatch):
     small = (24, 80)  # a quarter of the source width: the images decode at 1/4, as the gateway does
     reference = test_time_transform(SOURCE_SIZE, small)
     scales = []
+    decode_image = preprocess.decode_image
 
     def recording_decode(data, decoded_scale=1.0, field="image"):
         scales.append(decoded_scale)
-        return preprocess.decode_image(data, decoded_scale, field)
+        return decode_image(data, decoded_scale, field)
 
-    monkeypatch.setattr(dataset_module, "decode_image", recording_decode)
+    monkeypatch.setattr(preprocess, "decode_image", recording_decode)
     dataset = OccupancyDataset(root, "train", small)
+    dataset[0]
+    assert scales == [1.0] * len(CAMERA_NAMES)  # PNGs decode whole, in the gateway too
+    # JPEG bytes (the kind is read from the bytes, not the file name) decode at 1/4.
+    for name in CAMERA_NAMES:
+        path = root / dataset.samples[0]["cameras"][name]["image_path"]
+        path.write_bytes(cv2.imencode(".jpg", cv2.imread(str(path)), [cv2.IMWRITE_JPEG_QUALITY, 100])[1])
+    scales.clear()
     sample = dataset[0]
     assert scales == [decode_scale(reference)] * len(CAMERA_NAMES) == [0.25] * len(CAMERA_NAMES)
     front = CAMERA_NAMES.index("CAM_FRONT")
@@ -144,7 +156,7 @@ def test_bev_flip_moves_labels_and_geometry_together(root):
     assert seen == {(False, False), (False, True), (True, False), (True, True)}
 
 
-def test_images_are_rgb_uint8_and_normalised_on_collation(root):
+def test_images_are_bgr_uint8_and_normalised_on_collation(root):
     entry = json.loads((root / "occ_index_train.json").read_text())["samples"][0]
     blue_bgr = np.zeros((*SOURCE_SIZE, 3), np.uint8)
     blue_bgr[..., 0] = 200  # OpenCV order: blue first
@@ -153,11 +165,12 @@ def test_images_are_rgb_uint8_and_normalised_on_collation(root):
     batch = collate([dataset[0], dataset[0]])
     back = CAMERA_NAMES.index("CAM_BACK")
     assert batch.images.dtype == torch.uint8 and batch.images.shape == (2, 6, 3, *INPUT_SIZE)
-    assert batch.images[0, back, 2].float().mean() == pytest.approx(200, abs=1)  # RGB: blue last
-    assert batch.images[0, back, 0].max() == 0
+    assert batch.images[0, back, 0].float().mean() == pytest.approx(200, abs=1)  # B, G, R: blue first
+    assert batch.images[0, back, 2].max() == 0
     camera_batch = batch.camera_batch()
-    expected_blue = (200 - IMAGENET_MEAN_RGB[2]) / IMAGENET_STD_RGB[2]
-    assert camera_batch.images[0, back, 2, 10, 10].item() == pytest.approx(expected_blue, abs=1e-5)
+    # The reference's normalisation of the blue channel (channel 0): its mean and std come first.
+    expected_blue = (200 - NORMALIZE_MEAN[0]) / NORMALIZE_STD[0]
+    assert camera_batch.images[0, back, 0, 10, 10].item() == pytest.approx(expected_blue, abs=1e-5)
     targets = batch.targets()
     assert targets.semantics.dtype == torch.int64 and targets.semantics.shape == (2, 200, 200, 16)
     assert targets.mask_camera.dtype == torch.bool
@@ -176,3 +189,25 @@ def test_missing_files_are_named(root):
         OccupancyDataset(root, "train", INPUT_SIZE)
     with pytest.raises(InputError, match="occ prepare"):
         OccupancyDataset(root / "elsewhere", "val", INPUT_SIZE)
+
+
+def test_each_camera_is_carried_into_the_key_cameras_ego_frame(root):
+    """Cameras with their own ego poses (the car moved between exposures) reach the model in
+    CAM_FRONT_LEFT's ego frame, as the reference composes them; without poses nothing changes."""
+    index_file = root / "occ_index_train.json"
+    index = json.loads(index_file.read_text())
+    entry = index["samples"][0]
+    plain = OccupancyDataset(root, "train", INPUT_SIZE)[0].sensor2ego.numpy()
+    key_pose = {"translation": [100.0, 50.0, 0.0], "rotation": [1.0, 0.0, 0.0, 0.0]}
+    later = {"translation": [100.4, 50.1, 0.0], "rotation": [np.cos(0.01), 0.0, 0.0, np.sin(0.01)]}
+    for name in CAMERA_NAMES:
+        entry["cameras"][name]["ego2global"] = later if name == "CAM_BACK" else key_pose
+    index_file.write_text(json.dumps(index))
+    moved = OccupancyDataset(root, "train", INPUT_SIZE)[0].sensor2ego.numpy()
+    back = CAMERA_NAMES.index("CAM_BACK")
+    camera = entry["cameras"]["CAM_BACK"]["sensor2ego"]
+    expected = np.linalg.inv(pose_matrix(**key_pose)) @ pose_matrix(**later) @ pose_matrix(**camera)
+    np.testing.assert_allclose(moved[back], expected, atol=1e-5)
+    assert np.abs(moved[back, :3, 3] - plain[back, :3, 3]).max() > 0.3  # 0.4 m of motion
+    others = [i for i in range(len(CAMERA_NAMES)) if i != back]
+    np.testing.assert_allclose(moved[others], plain[others], atol=1e-5)  # same pose as the key camera

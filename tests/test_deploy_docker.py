@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from service_fixtures import build_test_model, write_model
+from service_fixtures import build_test_model
 
+from occupancy.model_repository import ONNX_FILE, PYTHON_MODEL_FILE, Runtime
 from training.export import tensorrt
-from training.export.triton_config import ONNX_FILE, PYTHON_MODEL_FILE
+from training.publish import Artifact, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -52,19 +53,29 @@ def test_hadolint_reports_a_bad_dockerfile(tmp_path):
     assert result.returncode != 0 and "DL3006" in result.stdout
 
 
-def compose_config(*profiles: str) -> dict:
-    """`docker-compose config` of docker/docker-compose.yml, as compose resolves it (.env applied)."""
+# The credentials compose requires from the environment (it has no defaults for them).
+CREDENTIALS = {"OCC_TRITON_KEY": "test-triton-key", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
+
+
+def run_compose_config(
+    *profiles: str, credentials: dict[str, str] = CREDENTIALS
+) -> subprocess.CompletedProcess:
     compose = tool("docker-compose", "apt-get install docker-compose")
     flags = [arg for profile in profiles for arg in ("--profile", profile)]
-    # Only PATH: the caller's OCC_* or COMPOSE_* variables would override .env.
-    result = subprocess.run(
+    # Only PATH and the credentials: the caller's OCC_* or COMPOSE_* variables would override .env.
+    return subprocess.run(
         [compose, "-f", str(DOCKER / "docker-compose.yml"), *flags, "config"],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": os.environ["PATH"]},
+        env={"PATH": os.environ["PATH"], **credentials},
         cwd=ROOT,
     )
+
+
+def compose_config(*profiles: str) -> dict:
+    """`docker-compose config` of docker/docker-compose.yml, as compose resolves it (.env applied)."""
+    result = run_compose_config(*profiles)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -222,13 +233,65 @@ def test_python_backend_repository_writes_the_cpu_variant(tmp_path):
 
     source, target = tmp_path / "source", tmp_path / "target"
     model = build_test_model((32, 64))
-    write_model(source, "fake", (1, 3), model)
+    (tmp_path / "model.onnx").write_bytes(model)
+    for version in (1, 3):
+        publish(source, "fake", Artifact(tmp_path / "model.onnx"), runtime=Runtime.ONNXRUNTIME, gpu=True,
+                version=version)
     (source / "engine-only" / "2").mkdir(parents=True)
     (source / "README.md").write_text("not a model")
     assert module.main(source, target) == 0
     assert sorted(path.name for path in target.iterdir()) == ["fake"]
     version = target / "fake" / "3"
-    assert (version / ONNX_FILE).read_bytes() == model
+    assert (version / ONNX_FILE).read_bytes() == model and not (version / ONNX_FILE).is_symlink()
     assert (version / PYTHON_MODEL_FILE).is_file()
     config = (target / "fake" / "config.pbtxt").read_text()
     assert 'backend: "python"' in config and "KIND_CPU" in config
+
+
+def published(service: dict) -> list[tuple[str, str]]:
+    """(host address, container port) of each published port, short ("127.0.0.1:90:90/tcp") or long form."""
+    pairs = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            pairs.append((port.get("host_ip", "0.0.0.0"), str(port["target"])))
+        else:
+            parts = str(port).split("/")[0].split(":")
+            pairs.append((parts[0] if len(parts) == 3 else "0.0.0.0", parts[-1]))
+    return pairs
+
+
+@pytest.mark.parametrize("flags", [(), ("cpu",)], ids=["default-gpu", "cpu"])
+def test_compose_exposes_little_and_holds_no_default_credentials(flags):
+    """Prometheus (without its lifecycle API) and Grafana (no anonymous access, the admin password from
+    the environment) on loopback; the gateway on GATEWAY_ADDRESS, without capabilities; Triton unexposed,
+    non-root, and its model control behind the key the gateway gets."""
+    from occupancy.triton_access import RESTRICTED_PROTOCOLS, TRITON_KEY_ENV, TRITON_KEY_HEADER
+
+    services = active(compose_config(*flags), set(flags) or set(ENV["COMPOSE_PROFILES"].split(",")))
+    triton = next(name for name in services if name.startswith("triton"))
+    gateway = next(name for name in services if name.startswith("gateway"))
+    assert published(services["prometheus"]) == [("127.0.0.1", "9090")]
+    assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])
+    grafana = services["grafana"]
+    assert published(grafana) == [("127.0.0.1", "3000")]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == CREDENTIALS["GRAFANA_ADMIN_PASSWORD"]
+    assert published(services[gateway]) == [(ENV["GATEWAY_ADDRESS"], "8000")]
+    assert ENV["GATEWAY_ADDRESS"] == "127.0.0.1"
+    assert "ports" not in services[triton]
+    for name in (gateway, triton):
+        assert services[name]["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in services[name]["security_opt"], name
+    assert services[triton]["user"] == "1000:1000"
+    key = CREDENTIALS[TRITON_KEY_ENV]
+    restricted = f"{','.join(RESTRICTED_PROTOCOLS)}:{TRITON_KEY_HEADER}={key}"
+    command = services[triton]["command"]
+    assert f"--grpc-restricted-protocol={restricted}" in command
+    assert f"--http-restricted-api={restricted}" in command
+    assert services[gateway]["environment"][TRITON_KEY_ENV] == key
+
+
+@pytest.mark.parametrize("missing", sorted(CREDENTIALS))
+def test_compose_refuses_to_start_without_a_credential(missing):
+    result = run_compose_config(credentials={k: v for k, v in CREDENTIALS.items() if k != missing})
+    assert result.returncode != 0 and missing in result.stderr

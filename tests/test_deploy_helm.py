@@ -44,6 +44,10 @@ VARIANTS = {
         "triton": {"enabled": False},
         "serviceMonitor": {"enabled": True},
     },
+    "ingress": {
+        "gateway": {"ingress": {"enabled": True, "host": "occ.example.com",
+                                "tls": [{"hosts": ["occ.example.com"], "secretName": "occ-tls"}]}},
+    },
 }
 
 
@@ -109,6 +113,12 @@ def test_selectors_select_the_pods_they_mean(variant):
             assert document["spec"]["selector"].items() <= pods[name].items(), name
             ports = {port["name"] for port in container(rendered[("Deployment", name)])["ports"]}
             assert {port["targetPort"] for port in document["spec"]["ports"]} <= ports
+        elif kind == "Ingress":
+            (rule,) = document["spec"]["rules"]
+            (path,) = rule["http"]["paths"]
+            service = rendered[("Service", path["backend"]["service"]["name"])]
+            ports = {port["name"] for port in service["spec"]["ports"]}
+            assert path["backend"]["service"]["port"]["name"] in ports
         elif kind == "PodDisruptionBudget":
             assert document["spec"]["selector"]["matchLabels"].items() <= pods[GATEWAY].items()
         elif kind == "HorizontalPodAutoscaler":
@@ -129,6 +139,17 @@ def test_selectors_select_the_pods_they_mean(variant):
             assert endpoint["path"] == "/metrics"
             # The job label is the component, as in the compose Prometheus: the alert rules apply as they are.
             assert service["metadata"]["labels"][document["spec"]["jobLabel"]] in {"gateway", "triton"}
+
+
+def test_an_ingress_routes_a_sequence_to_one_replica():
+    ingress = objects(VARIANTS["ingress"])[("Ingress", GATEWAY)]
+    assert ingress["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/upstream-hash-by":
+                                                  "$http_x_sequence_id"}
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ("Ingress", GATEWAY) not in objects({})
+    plain = objects({"gateway": {"ingress": {"enabled": True, "hashSequences": False}}})
+    assert "annotations" not in plain[("Ingress", GATEWAY)]["metadata"]
+    kubernetes_validate.validate(plain[("Ingress", GATEWAY)], KUBERNETES_VERSIONS[0], strict=True)
 
 
 def test_the_gateway_is_non_root_read_only_and_probed():
@@ -236,3 +257,75 @@ def test_helm_lint_reports_a_bad_object_name(tmp_path):
     (copy / "templates" / "bad.yaml").write_text(bad)
     report = helm.lint(copy, strict=True)
     assert any(m["severity"] >= 2 and "Bad_Name" in m["error"] for m in report["messages"])
+
+
+def test_triton_model_control_needs_the_key_the_gateway_holds():
+    """Triton restricts exactly the protocols occupancy.triton_access names, with its header, to a key
+    from a Secret; the gateway gets the same key from the same Secret. The key never appears in a pod
+    spec, only a reference to the Secret."""
+    from occupancy.triton_access import RESTRICTED_PROTOCOLS, TRITON_KEY_ENV, TRITON_KEY_HEADER
+
+    rendered = objects({})
+    secret_name = f"{TRITON}-key"
+    reference = {"name": TRITON_KEY_ENV,
+                 "valueFrom": {"secretKeyRef": {"name": secret_name, "key": TRITON_KEY_ENV}}}
+    triton = container(rendered[("Deployment", TRITON)])
+    expected = f"{','.join(RESTRICTED_PROTOCOLS)}:{TRITON_KEY_HEADER}=$({TRITON_KEY_ENV})"
+    assert f"--grpc-restricted-protocol={expected}" in triton["args"]
+    assert f"--http-restricted-api={expected}" in triton["args"]
+    assert reference in triton["env"]
+    assert reference in container(rendered[("Deployment", GATEWAY)])["env"]
+    key = base64.b64decode(rendered[("Secret", secret_name)]["data"][TRITON_KEY_ENV]).decode()
+    assert len(key) == 40 and key.isalnum()
+    assert key not in yaml.safe_dump(rendered[("Deployment", TRITON)]) + yaml.safe_dump(
+        rendered[("Deployment", GATEWAY)])
+    # A random key per install (a fixed default would be everyone's key).
+    assert base64.b64decode(objects({})[("Secret", secret_name)]["data"][TRITON_KEY_ENV]).decode() != key
+    # An existing Secret instead: none is created, both containers refer to it.
+    rendered = objects({"triton": {"restrictedKey": {"existingSecret": "my-triton-key"}}})
+    assert ("Secret", secret_name) not in rendered
+    assert container(rendered[("Deployment", TRITON)])["env"][0]["valueFrom"]["secretKeyRef"]["name"] \
+        == "my-triton-key"
+
+
+def test_only_the_gateway_reaches_triton():
+    rendered = objects(VARIANTS["object-storage"])
+    policy = rendered[("NetworkPolicy", TRITON)]["spec"]
+    triton_pods = rendered[("Deployment", TRITON)]["spec"]["template"]["metadata"]["labels"]
+    gateway_pods = rendered[("Deployment", GATEWAY)]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= triton_pods.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    serving, metrics = policy["ingress"]
+    (peer,) = serving["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= gateway_pods.items()
+    assert not peer["podSelector"]["matchLabels"].items() <= triton_pods.items()
+    assert {port["port"] for port in serving["ports"]} == {"http", "grpc"}
+    assert [port["port"] for port in metrics["ports"]] == ["metrics"]  # scraped by Prometheus
+    # The ports named are Triton's container ports.
+    named = {port["name"] for port in container(rendered[("Deployment", TRITON)])["ports"]}
+    assert {"http", "grpc", "metrics"} <= named
+    assert ("NetworkPolicy", TRITON) not in objects({"triton": {"networkPolicy": {"enabled": False}}})
+
+
+def test_the_secret_checksum_reveals_nothing_about_the_keys():
+    """The annotation that rolls the gateway when its keys change is salted: it is not the SHA-256 of
+    the keys or of the Secret, and two renders of the same keys without a cluster to read the salt from
+    differ."""
+    import hashlib
+
+    values = {"gateway": {"apiKeys": ["k1", "k2"]}}
+    first = objects(values)
+    annotation = pod_annotations(first)["checksum/secret"]
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace="occ", is_install=True)
+    secret_text = manifests["occupancy/templates/gateway-secret.yaml"]
+    unsalted = {hashlib.sha256(text.encode()).hexdigest() for text in ("k1,k2", "k1", "k2", secret_text)}
+    assert annotation not in unsalted
+    assert pod_annotations(objects(values))["checksum/secret"] != annotation
+    assert "occupancy/checksum-salt" in first[("Secret", GATEWAY)]["metadata"]["annotations"]
+    # Keys from an existing Secret: the chart cannot see them, and no annotation pretends to.
+    assert "checksum/secret" not in pod_annotations(objects(VARIANTS["cpu-existing"]))
+
+
+def pod_annotations(rendered: dict) -> dict:
+    return rendered[("Deployment", GATEWAY)]["spec"]["template"]["metadata"]["annotations"]

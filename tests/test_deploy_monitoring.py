@@ -24,15 +24,21 @@ from deploy_promql import (
     to_promql,
 )
 from fastapi.testclient import TestClient
-from service_fixtures import build_test_model, calibration, frame_images, multipart_files, write_model
-from test_triton_local import free_ports
+from service_fixtures import (
+    build_test_model,
+    calibration,
+    frame_images,
+    multipart_files,
+    write_model,
+    write_python_model,
+)
+from test_triton_local import start_triton
 
 from service.core.config import Settings
 from service.main import create_app
-from service.triton_local import TritonLocal
-from training.export.triton_config import write_python_backend_model
 
 PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
+RULE_TESTS = tuple(sorted((DOCKER / "prometheus" / "tests").glob("*.yml")))  # promtool test rules files
 GRAFANA = DOCKER / "grafana"
 COMPOSE = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
 
@@ -54,6 +60,16 @@ def test_promtool_accepts_the_rules():
     result = promtool("check", "rules", *map(str, RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("SUCCESS") == len(RULE_FILES)
+
+
+def test_every_alert_fires_on_its_condition_and_not_without_it():
+    """promtool's rule unit tests (docker/prometheus/tests): for each alert, series that must fire it (after
+    its `for`) and series that must not; every alert of the rules has such a test."""
+    result = promtool("test", "rules", *map(str, RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    tested = {case["alertname"] for path in RULE_TESTS for test in yaml.safe_load(path.read_text())["tests"]
+              for case in test.get("alert_rule_test", ())}
+    assert tested == {rule["alert"] for rule in rules() if "alert" in rule}
 
 
 def test_every_dashboard_expression_parses_in_promtool(tmp_path):
@@ -133,14 +149,13 @@ def triton_series(tmp_path_factory) -> set[str]:
     onnx_path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     onnx_path.write_bytes(build_test_model((32, 64)))
     root = tmp_path_factory.mktemp("triton-repository")
-    write_python_backend_model(root, "fake", onnx_path)
-    http_port, grpc_port, metrics_port = free_ports(3)
-    with TritonLocal(
-        root, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, load_models=("fake",)
-    ) as triton:
-        triton.wait_ready(timeout_s=60)
+    write_python_model(root, "fake", onnx_path)
+    triton = start_triton(root, load_models=("fake",))
+    try:
         with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
             return exposition_names(response.read().decode())
+    finally:
+        triton.stop()
 
 
 def test_triton_exposes_the_documented_names(triton_series):

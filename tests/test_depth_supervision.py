@@ -14,7 +14,7 @@ from tiny_dataset import write_tiny_dataset
 
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.errors import InputError
-from occupancy.geometry import ego_to_pixels, pose_matrix, quaternion_to_matrix
+from occupancy.geometry import ego_to_pixels, pose_matrix, quaternion_to_matrix, transform_points
 from training.data.augment import AugmentConfig
 from training.data.dataset import OccupancyDataset, collate
 from training.models.configs import CONFIGS, build_model
@@ -88,14 +88,15 @@ def add_lidar(root: Path, seed: int = 0) -> None:
 
 
 def ego_points_seen(root: Path, entry: dict, name: str) -> np.ndarray:
-    """The points a camera's depth labels come from, in the ego frame at the camera's time."""
-    if "labels_2d" in entry:
+    """The points a camera's depth labels come from, in the frame the model's sensor2ego maps the camera
+    into: the key camera's (CAM_FRONT_LEFT's) ego frame, each camera firing from its own ego pose."""
+    key_ego2global = pose_matrix(**entry["cameras"][CAMERA_NAMES[0]]["ego2global"])
+    if "labels_2d" in entry:  # written in the ego frame at the camera's own time
         with np.load(root / entry["labels_2d"][name]) as labels:
-            return labels["ego"]
+            camera_ego2global = pose_matrix(**entry["cameras"][name]["ego2global"])
+            return transform_points(np.linalg.inv(key_ego2global) @ camera_ego2global, labels["ego"])
     global_points = np.load(root / "lidar_truth" / f"{entry['token']}.npy")
-    ego2global = entry["cameras"][name]["ego2global"]
-    rotation = quaternion_to_matrix(ego2global["rotation"])
-    return (global_points - np.asarray(ego2global["translation"])) @ rotation
+    return transform_points(np.linalg.inv(key_ego2global), global_points)
 
 
 def pose(camera: dict) -> np.ndarray:
@@ -200,10 +201,14 @@ def test_depth_loss_ignores_pixels_without_depth():
     assert (grad_norm[supervised] > 0).all()
 
 
-def test_configs_weight_depth_only_in_the_demo_models():
-    demos = ("demo-tiny", "demo-tiny-2d")
+def test_configs_weight_depth_in_the_demos_and_the_stereo_configs_only():
+    """The single-frame reference configs have no depth loss; BEVStereo4D's has weight 0.05
+    (`loss_depth_weight` of every 4D-Stereo config); the demos take BEVDepth's 3."""
+    demos = {"demo-tiny", "demo-tiny-2d", "demo-tiny-4d-stereo"}
     assert all(CONFIGS[name].depth_loss_weight == 3.0 for name in demos)
-    assert all(c.depth_loss_weight == 0.0 for name, c in CONFIGS.items() if name not in demos)
+    for name, config in CONFIGS.items():
+        if name not in demos:
+            assert config.depth_loss_weight == (0.05 if config.temporal else 0.0), name
 
 
 def test_demo_tiny_step_with_depth_supervision_learns(root, tmp_path):

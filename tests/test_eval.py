@@ -6,11 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from service_fixtures import test_metadata
 from tiny_dataset import MICRO_CONFIG, write_labels, write_tiny_dataset
 
 from occ.cli import main as occ_main
 from occupancy import model_contract
 from occupancy.classes import CLASS_NAMES, FREE_CLASS, NUM_CLASSES
+from occupancy.ray_metrics import RayMetric
 from training.data.dataset import OccupancyDataset, collate
 from training.evaluate import save_prediction
 from training.models.configs import CONFIGS, build_model
@@ -91,9 +93,11 @@ def test_checkpoint_eval_agrees_with_its_saved_predictions(data_root, tmp_path, 
     preds, direct, saved = tmp_path / "preds", tmp_path / "direct.json", tmp_path / "saved.json"
     assert occ_main(["eval", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
                      "--num-workers", "0", "--save-preds", str(preds), "--json", str(direct)]) == 0
-    assert occ_main(["eval", "--pred-dir", str(preds), "--gt-root", str(data_root / "gts"),
+    assert occ_main(["eval", "--pred-dir", str(preds), "--data-root", str(data_root),
                      "--json", str(saved)]) == 0
-    assert json.loads(direct.read_text()) == json.loads(saved.read_text())
+    report = json.loads(saved.read_text())
+    assert json.loads(direct.read_text()) == report
+    assert {"RayIoU", "RayIoU@1", "RayIoU@2", "RayIoU@4", "ray_per_class"} <= set(report)
 
     dataset = OccupancyDataset(data_root, "val", MICRO_CONFIG.input_size)
     pairs = []
@@ -105,6 +109,44 @@ def test_checkpoint_eval_agrees_with_its_saved_predictions(data_root, tmp_path, 
         np.testing.assert_array_equal(stored, expected)
         pairs.append((stored, sample.semantics.numpy(), sample.mask_camera.numpy()))
     assert_matches(json.loads(direct.read_text()), brute_force_iou(pairs))
+
+
+def with_poses(data_root: Path) -> dict[str, np.ndarray]:
+    """Give the val index's frames ego poses 6 m apart along x and a LiDAR 1.8 m up; their ray origins."""
+    index_file = data_root / "occ_index_val.json"
+    index = json.loads(index_file.read_text())
+    for i, entry in enumerate(index["samples"]):
+        entry["ego2global"] = {"translation": [500.0 + 6.0 * i, 20.0, 0.0], "rotation": [1.0, 0.0, 0.0, 0.0]}
+        entry["lidar"] = {"sensor2ego": {"translation": [1.0, 0.0, 1.8], "rotation": [1.0, 0.0, 0.0, 0.0]}}
+    index_file.write_text(json.dumps(index))
+    frames = len(index["samples"])
+    return {entry["token"]: np.array([[1.0 + 6.0 * (j - i), 0.0, 1.8] for j in range(frames)])
+            for i, entry in enumerate(index["samples"])}
+
+
+def test_saved_predictions_give_the_rayiou_of_the_scenes_lidar_origins(data_root, tmp_path, capsys):
+    origins = with_poses(data_root)
+    preds, out = tmp_path / "preds", tmp_path / "rays.json"
+    expected = RayMetric()
+    for entry in json.loads((data_root / "occ_index_val.json").read_text())["samples"]:
+        gt = np.load(data_root / entry["occ_path"])["semantics"]
+        pred = np.roll(gt, 1, axis=0)  # one voxel off along x: depth errors, and classes off
+        save_prediction(preds, entry["scene_name"], entry["token"], pred)
+        expected.update(pred, gt, origins[entry["token"]])
+    assert occ_main(["eval", "--pred-dir", str(preds), "--data-root", str(data_root),
+                     "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["RayIoU"] == pytest.approx(expected.mean(), abs=1e-4)
+    assert [report[f"RayIoU@{t}"] for t in (1, 2, 4)] == pytest.approx(expected.at_thresholds(), abs=1e-4)
+    car = expected.per_class()["car"]
+    assert report["ray_per_class"]["car"]["RayIoU@2"] == pytest.approx(car[1], abs=1e-4)
+    assert 0 < report["RayIoU"] < 100 and report["rays"] == expected.rays
+    printed = capsys.readouterr().out
+    assert "RayIoU@1" in printed and f"{expected.mean():.2f}" in printed
+    # Without a data root there are no poses: mIoU only, and the table says why.
+    assert occ_main(["eval", "--pred-dir", str(preds), "--gt-root", str(data_root / "gts"),
+                     "--json", str(out)]) == 0
+    assert "RayIoU" not in json.loads(out.read_text()) and "RayIoU: not computed" in capsys.readouterr().out
 
 
 def constant_onnx_model(path: Path, input_size: tuple[int, int], label: int) -> None:
@@ -125,7 +167,7 @@ def constant_onnx_model(path: Path, input_size: tuple[int, int], label: int) -> 
     graph = helper.make_graph([node], "constant", inputs, [output])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {model_contract.META_INPUT_SIZE: json.dumps(list(input_size))})
+    helper.set_model_props(model, test_metadata(input_size).to_props())
     onnx.save(model, path)
 
 

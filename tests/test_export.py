@@ -3,7 +3,9 @@ the repository layout and the command's errors."""
 
 import importlib.util
 import json
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +17,27 @@ from test_triton_config import assert_matches_onnx, parse_config
 
 from occ.cli import main
 from occupancy import model_contract as contract
-from occupancy.classes import CLASS_NAMES
+from occupancy.classes import CLASS_NAMES, FREE_CLASS
 from occupancy.errors import InputError
-from service.backends.base import served_model_from_metadata
-from training.export import repository_export
-from training.export.onnx_export import ExportModel, Parity, check_parity, export_onnx, sample_inputs
-from training.export.repository_export import export_to_repository
+from occupancy.model_repository import Runtime
+from service.backends.base import ServedModel
+from training.export import artifact as export_artifact_module
+from training.export.artifact import EngineOptions, export_artifact
+from training.export.onnx_export import (
+    ExportModel,
+    Parity,
+    check_parity,
+    check_sequence_parity,
+    contract_batch,
+    export_onnx,
+    sample_inputs,
+    sequence_inputs,
+    state_tensors,
+)
 from training.export.tensorrt import cuda_device_count
 from training.models.checkpoint import load_model, save_checkpoint
-from training.models.configs import build_model, get_config
+from training.models.configs import CONFIGS, build_model, get_config
+from training.publish import publish
 
 # Standard ONNX operators that TensorRT 10 imports (ScatterElements with a reduction through its built-in
 # plugin); anything else in the TensorRT graph fails the test.
@@ -34,8 +48,9 @@ TENSORRT_OPS = {
     "Split", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where",
 }
 # The ONNX Runtime graph pools by sorting (TopK over all points) and prefix sums (CumSum, partly float64),
-# which TensorRT cannot import; ONNX Runtime runs every standard operator.
-ONNXRUNTIME_OPS = TENSORRT_OPS | {"TopK", "CumSum"}
+# which TensorRT cannot import, and computes the heads' Softplus from element-wise ops (its Softplus kernel
+# is 4x slower); ONNX Runtime runs every standard operator.
+ONNXRUNTIME_OPS = TENSORRT_OPS | {"TopK", "CumSum", "Abs", "Neg", "Exp", "Log"}
 DOUBLE = onnx.TensorProto.DOUBLE
 DEMO = "demo-tiny"
 
@@ -45,14 +60,18 @@ def _quiet(_: str) -> None:
 
 
 def input_sensitive_model(name: str, seed: int = 1) -> torch.nn.Module:
-    """Random weights whose classes depend on the input: at initialisation the BEV features are so small
-    that every frame gets the same grid, which would let a broken geometry or pooling pass. Larger
-    BatchNorm gains (as training grows them) carry the input through."""
+    """Random weights whose classes depend on the input (see `amplified`)."""
     torch.manual_seed(seed)
-    model = build_model(get_config(name)).eval()
+    return amplified(build_model(get_config(name)).eval())
+
+
+def amplified(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with its BatchNorm gains tripled, as training grows them: at initialisation the BEV features
+    are so small that every frame gets the same grid, which would let a broken geometry, pooling or
+    history pass."""
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
+            if isinstance(module, torch.nn.BatchNorm2d | torch.nn.BatchNorm3d):
                 module.weight.mul_(3.0)
     return model
 
@@ -65,14 +84,24 @@ def demo_export(tmp_path_factory) -> tuple[Path, Path]:
     checkpoint.parent.mkdir()
     save_checkpoint(checkpoint, input_sensitive_model(DEMO), get_config(DEMO))
     (checkpoint.parent / "model_card.md").write_text("# demo card\n")
-    return checkpoint, export_to_repository(DEMO, checkpoint, root / "repo", log=_quiet)
+    return checkpoint, export_version(DEMO, checkpoint, root / "repo")
 
 
 @pytest.fixture(scope="module")
 def tensorrt_graph(demo_export, tmp_path_factory) -> Path:
     """The same checkpoint exported with the pooling for TensorRT (what `--format tensorrt` builds from)."""
     path = tmp_path_factory.mktemp("tensorrt") / "model.onnx"
-    return export_onnx(load_model(demo_export[0])[0], get_config(DEMO), path, target="tensorrt")
+    return export_onnx(load_model(demo_export[0])[0], get_config(DEMO), path, runtime=Runtime.TENSORRT)
+
+
+def export_version(name: str, checkpoint: Path | None, repository: Path,
+                   runtime: Runtime = Runtime.ONNXRUNTIME, log=_quiet, timing_cache: Path = Path("unused"),
+                   ) -> Path:
+    """What `occ export` does: an artifact in a scratch folder, then published as the next version."""
+    with tempfile.TemporaryDirectory() as scratch:
+        artifact = export_artifact(get_config(name), checkpoint, Path(scratch), runtime, log=log,
+                                   engine=EngineOptions(timing_cache=timing_cache))
+        return publish(repository, name, artifact, runtime=runtime, max_batch_size=4).version_dir
 
 
 def _run(onnx_path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -119,6 +148,7 @@ def test_operators_are_standard(demo_export):
     ops = {node.op_type for node in graph.node}
     assert ops <= ONNXRUNTIME_OPS, f"operators outside the allow-list: {sorted(ops - ONNXRUNTIME_OPS)}"
     assert {"TopK", "CumSum"} <= ops  # the ONNX Runtime pooling
+    assert "Softplus" not in ops and {"Exp", "Log"} <= ops  # its Softplus, decomposed
     assert "ScatterND" not in ops  # drops duplicate indices without a reduction
     assert all(_reduction(node) == b"add" for node in graph.node if node.op_type == "ScatterElements")
     assert all(node.domain in ("", "ai.onnx") for node in graph.node)
@@ -130,6 +160,7 @@ def test_tensorrt_graph_pools_with_scatter_elements_add_and_no_float64(demo_expo
     assert ops <= TENSORRT_OPS, f"operators TensorRT does not import: {sorted(ops - TENSORRT_OPS)}"
     scatters = [node for node in graph.node if node.op_type == "ScatterElements"]
     assert len(scatters) == 1 and _reduction(scatters[0]) == b"add"
+    assert "Softplus" in ops  # TensorRT keeps the operator
     casts = [a.i for node in graph.node if node.op_type == "Cast" for a in node.attribute if a.name == "to"]
     assert DOUBLE not in casts and all(init.data_type != DOUBLE for init in graph.initializer)
     model = load_model(demo_export[0])[0]
@@ -149,7 +180,7 @@ def test_metadata_is_what_the_gateway_reads(demo_export):
     assert json.loads(props[contract.META_INPUT_SIZE]) == list(config.input_size)
     assert json.loads(props[contract.META_CLASSES]) == list(CLASS_NAMES)
     assert json.loads(props[contract.META_TEMPORAL]) is False
-    served = served_model_from_metadata("demo-tiny", "1", ("1",), props, str(version_dir))
+    served = ServedModel.described("demo-tiny", "1", ("1",), props, str(version_dir))
     assert served.input_size == (128, 352) and served.grid_shape == (200, 200, 16)
     assert served.range_m == (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4) and served.voxel_size_m == (0.4, 0.4, 0.4)
 
@@ -177,10 +208,10 @@ def test_failed_parity_writes_nothing(demo_export, tmp_path, monkeypatch):
     bad = Parity(max_abs_logit_diff=0.5, max_abs_logit=1.0, max_abs_bev_diff=0.0, max_abs_bev=1.0,
                  bev_cells_differing=0, bev_cells=10000, argmax_agreement=0.9, voxels=640000,
                  seconds_onnx=0.0, seconds_torch=0.0)
-    monkeypatch.setattr(repository_export, "check_parity", lambda *_: bad)
+    monkeypatch.setattr(export_artifact_module, "check_parity", lambda *_: bad)
     with pytest.raises(InputError, match="does not match PyTorch"):
-        export_to_repository(DEMO, demo_export[0], tmp_path / "repo", log=_quiet)
-    assert list((tmp_path / "repo" / DEMO).iterdir()) == []
+        export_version(DEMO, demo_export[0], tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
 
 
 def _occ(capsys, *argv: str) -> tuple[int, str]:
@@ -229,15 +260,14 @@ def test_cli_exports_the_next_version_under_a_name(demo_export, tmp_path, capsys
 def test_tensorrt_format(demo_export, tmp_path):
     has_tensorrt = importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0
     if has_tensorrt:
-        version_dir = export_to_repository(DEMO, demo_export[0], tmp_path, export_format="tensorrt",
-                                           timing_cache=tmp_path / "cache", log=_quiet)
+        version_dir = export_version(DEMO, demo_export[0], tmp_path, Runtime.TENSORRT,
+                                     timing_cache=tmp_path / "cache")
         assert (version_dir / "model.plan").is_file() and (version_dir / "model.onnx").is_file()
         assert parse_config(tmp_path / DEMO / "config.pbtxt").platform == "tensorrt_plan"
         return
     with pytest.raises(InputError, match="cannot build a TensorRT engine here"):
-        export_to_repository(DEMO, demo_export[0], tmp_path, export_format="tensorrt",
-                             timing_cache=tmp_path / "cache", log=_quiet)
-    assert list((tmp_path / DEMO).iterdir()) == []  # no half version, no staging folder
+        export_version(DEMO, demo_export[0], tmp_path, Runtime.TENSORRT, timing_cache=tmp_path / "cache")
+    assert not (tmp_path / DEMO).exists()  # no half version, no staging folder
 
 
 @pytest.mark.slow
@@ -247,8 +277,37 @@ def test_flashocc_r50_full_size_export_passes_parity(tmp_path):
     save_checkpoint(checkpoint, input_sensitive_model(name), get_config(name))
     messages: list[str] = []
     started = time.perf_counter()
-    version_dir = export_to_repository(name, checkpoint, tmp_path / "repo", log=messages.append)
+    version_dir = export_version(name, checkpoint, tmp_path / "repo", log=messages.append)
     print(f"flashocc-r50 export + parity: {time.perf_counter() - started:.1f} s; " + "; ".join(messages))
     assert any(m.startswith("parity ok") for m in messages)
     assert parse_config(tmp_path / "repo" / name / "config.pbtxt").platform == "onnxruntime_onnx"
     assert (version_dir / "model.onnx").stat().st_size > 100 * 2**20  # the weights are inside
+
+
+def test_a_render_occ_head_exports_its_own_test_time_rule(tmp_path):
+    """demo-tiny-2d (single frame) and the M5 head on the micro BEVStereo4D: the graph's ArgMax takes the
+    head's scores, so the served classes are its rule (density threshold or argmax: free where it says
+    so), and parity compares those scores."""
+    from tiny_dataset import MICRO_TEMPORAL_CONFIG
+
+    config = get_config("demo-tiny-2d")
+    model = input_sensitive_model(config.name)
+    inputs = sample_inputs(config)
+    batch = contract_batch(*(torch.from_numpy(inputs[name]) for name in contract.INPUT_NAMES))
+    with torch.no_grad():  # a threshold that an untrained head's densities straddle
+        model.occ_head.test_threshold = float(model(batch).density[..., 0].median())
+        expected = model.predict(batch).numpy()
+    path = export_onnx(model, config, tmp_path / "2d.onnx")
+    parity = check_parity(model, path, inputs)
+    assert parity.ok, parity.summary()
+    served = _run(path, inputs)
+    assert (served == expected).mean() > 0.999 and 0.2 < (served == FREE_CLASS).mean() < 0.8
+    temporal = replace(MICRO_TEMPORAL_CONFIG, render_occ=CONFIGS["flashocc-renderocc-r50-4d-stereo-256x704"]
+                       .render_occ)
+    torch.manual_seed(0)
+    model = amplified(build_model(temporal).eval())
+    path = export_onnx(model, temporal, tmp_path / "4d.onnx")
+    frames = sequence_inputs(temporal, state_tensors(model, temporal))
+    sequence = check_sequence_parity(model, path, frames)
+    assert sequence.ok, sequence.summary()
+    assert 0.05 < (_run(path, frames[0]) == FREE_CLASS).mean() < 0.95  # the seed's rule, free included

@@ -188,3 +188,38 @@ def test_camera_calibration_is_frozen():
     calibration = CameraCalibration.model_validate(camera(0))
     with pytest.raises(ValidationError):
         calibration.intrinsic = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+
+
+def test_json_is_bounded_in_depth_and_integer_length():
+    """100,000 nested brackets and a 5,000-digit integer: errors naming the input or the field, where
+    Python's parser alone raises RecursionError and ValueError."""
+    from occupancy.errors import MalformedInput
+
+    deep = '{"cameras": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    with pytest.raises(MalformedInput, match="calibration: JSON nested deeper than 16 levels"):
+        parse_calibration(deep)
+    text = json.dumps(frame()).replace("1533151603547590", "9" * 5000)
+    with pytest.raises(InputError, match=r"calibration\.timestamp: Input should be a valid integer"):
+        parse_calibration(text)
+    # Brackets inside strings do not count, and escaped quotes do not end a string.
+    nested_text = json.dumps({**frame(), "sequence_id": '[[[[[[[[[[[[[[[[[["' + "\\" * 3 + '{{{'})
+    assert parse_calibration(nested_text).sequence_id.startswith("[[[[")
+
+
+def test_cameras_may_carry_their_own_ego_poses():
+    data = frame()
+    data["cameras"]["CAM_FRONT"]["ego2global"] = {"translation": [601.0, 1647.0, 0.0],
+                                                  "rotation": [1.0, 0.0, 0.0, 0.0]}
+    data["cameras"]["CAM_FRONT"]["timestamp"] = 1533151603547600
+    calibration = parse_calibration(data)
+    assert calibration.camera_poses_given()
+    front = CAMERA_NAMES.index("CAM_FRONT")
+    # The other cameras fall back on the frame's pose, the key camera's (CAM_FRONT_LEFT) among them:
+    # they keep their own sensor2ego.
+    np.testing.assert_allclose(calibration.sensor2ego_array()[front - 1],
+                               pose_matrix(**data["cameras"]["CAM_FRONT_LEFT"]["sensor2ego"]), atol=1e-5)
+    assert not np.allclose(calibration.sensor2ego_array()[front],
+                           pose_matrix(**data["cameras"]["CAM_FRONT"]["sensor2ego"]), atol=1e-3)
+    del data["ego2global"]
+    with pytest.raises(InputError, match=r"CAM_FRONT_LEFT, CAM_FRONT_RIGHT.* no ego2global"):
+        parse_calibration(data)

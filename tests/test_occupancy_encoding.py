@@ -2,6 +2,8 @@
 
 import base64
 import io
+import json
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -18,7 +20,9 @@ from occupancy.encoding import (
     encode_dense,
     encode_npy,
     encode_occupancy,
+    encode_occupancy_json,
     encode_sparse,
+    encode_sparse_json,
 )
 from occupancy.errors import InputError
 
@@ -67,6 +71,29 @@ def test_sparse_empty_is_all_free():
     assert (decode_sparse([]) == FREE_CLASS).all()
 
 
+def compact_json(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("grid", [
+    random_grid(4, occupied=0.3),
+    np.full(SHAPE, 0, np.uint8),  # every voxel listed, the single-digit class 0
+    np.full(SHAPE, FREE_CLASS, np.uint8),  # nothing listed
+    # x up to 1199: four digits
+    np.where(np.arange(1200 * 3 * 2).reshape(1200, 3, 2) % 7 == 0, 16, FREE_CLASS).astype(np.uint8),
+], ids=["random", "full", "empty", "4-digit"])
+def test_sparse_json_is_the_lists_json_byte_for_byte(grid):
+    assert encode_sparse_json(grid) == compact_json(encode_sparse(grid))
+
+
+@pytest.mark.parametrize("encoding", [DENSE_ENCODING, SPARSE_ENCODING])
+def test_occupancy_json_is_the_objects_json(encoding):
+    grid = random_grid(5)
+    data = encode_occupancy_json(grid, encoding)
+    assert data == compact_json(encode_occupancy(grid, encoding))
+    np.testing.assert_array_equal(decode_occupancy(json.loads(data)), grid)
+
+
 def test_npy_round_trip():
     grid = random_grid(2)
     data = encode_npy(grid)
@@ -111,9 +138,18 @@ def test_dense_bad_data(data, message):
 
 
 def test_dense_decompression_is_bounded():
+    """A zlib bomb is refused after inflating at most one grid and a byte: the decoder's peak memory stays
+    within a few grids (640 KB each), where an unbounded inflate would hold all 100 MB before refusing."""
     bomb = zlib_base64(bytes(100_000_000))  # 100 MB of zeros compress to ~100 KB
-    with pytest.raises(InputError, match="more"):
-        decode_dense(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="more"):
+            decode_dense(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grid_bytes = int(np.prod(SHAPE))
+    assert peak < 4 * grid_bytes, f"peak {peak} bytes"  # measured 1.5 MB: the grid, its buffers, the input
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from occupancy.geometry import (
     pixels_to_ego,
     pose_matrix,
     quaternion_to_matrix,
+    sensor_to_key_ego,
 )
 
 # A front camera: optical axis (camera z) along ego +x, camera x (image right) along ego -y, camera y
@@ -79,3 +80,21 @@ def test_camera_projection_keeps_leading_dimensions():
     assert pixels.shape == (1, 2, 2) and depth.shape == (1, 2)
     np.testing.assert_allclose(pixels[0, 1], [800 + 250, 450 - 200])
     np.testing.assert_allclose(pixels_to_camera(pixels, depth, INTRINSIC), points, atol=1e-12)
+
+
+def test_sensor_to_key_ego_by_hand():
+    """Key ego at global (10, 0, 0) facing +x; the camera's ego at global (12, 1, 0) turned 90 degrees
+    left; the camera 1 m ahead of its ego, axes as the ego's. In the key ego frame the camera is at
+    (12, 1, 0) + R_z(90)(1, 0, 0) - (10, 0, 0) = (2, 2, 0), turned 90 degrees left."""
+    quarter_turn = [np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)]  # (w, x, y, z): +90 degrees about z
+    key_ego2global = pose_matrix([10.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
+    ego2global = pose_matrix([12.0, 1.0, 0.0], quarter_turn)
+    sensor2ego = pose_matrix([1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0])
+    expected = np.array([[0.0, -1.0, 0.0, 2.0], [1.0, 0.0, 0.0, 2.0], [0.0, 0.0, 1.0, 0.0], [0, 0, 0, 1]])
+    composed = sensor_to_key_ego(sensor2ego, ego2global, key_ego2global)
+    assert composed.dtype == np.float64
+    np.testing.assert_allclose(composed, expected, atol=1e-12)
+    # Batched (... x 4 x 4): the key camera itself maps to its own sensor2ego.
+    stacked = sensor_to_key_ego(np.stack([sensor2ego, sensor2ego]), np.stack([key_ego2global, ego2global]),
+                                key_ego2global)
+    np.testing.assert_allclose(stacked, [sensor2ego, expected], atol=1e-12)

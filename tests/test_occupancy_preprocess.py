@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import occupancy.preprocess as preprocess
+from occupancy import network_input
 from occupancy.errors import InputError
 from occupancy.geometry import ego_to_pixels, pose_matrix
 from occupancy.preprocess import ImageTransform, apply_transform, decode_image, decode_scale
@@ -168,14 +169,18 @@ def test_wrong_image_size_and_undecodable_bytes_are_input_errors():
         decode_image(b"", field="CAM_BACK")
 
 
-def test_bgr_to_rgb_and_normalisation_constants():
-    image = np.zeros((2, 3, 3), np.uint8)
-    image[..., 0] = 10  # blue in OpenCV's order
+def test_model_inputs_keep_opencvs_channel_order_and_the_reference_constants():
+    image = np.zeros((90, 160, 3), np.uint8)
+    image[..., 0] = 10  # blue, first in OpenCV's order and in the networks'
     image[..., 2] = 200  # red
-    rgb = preprocess.bgr_to_rgb(image)
-    assert (rgb[..., 0] == 200).all() and (rgb[..., 2] == 10).all()
-    assert preprocess.IMAGENET_MEAN_RGB == (123.675, 116.28, 103.53)
-    assert preprocess.IMAGENET_STD_RGB == (58.395, 57.12, 57.375)
+    transform = preprocess.test_time_transform((90, 160), (32, 64))
+    for resampling in network_input.RESAMPLINGS:
+        model_input = preprocess.model_input_image(cv2.imencode(".png", image)[1].tobytes(), "png", transform,
+                                                   resampling)
+        assert (model_input[..., 0] == 10).all() and (model_input[..., 2] == 200).all(), resampling
+    assert network_input.CHANNEL_ORDER == "bgr"
+    assert network_input.NORMALIZE_MEAN == (123.675, 116.28, 103.53)  # subtracted from B, G, R, in that order
+    assert network_input.NORMALIZE_STD == (58.395, 57.12, 57.375)
 
 
 def test_rotation_direction_is_counter_clockwise_as_displayed():

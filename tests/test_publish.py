@@ -16,7 +16,7 @@ from tiny_dataset import MICRO_CONFIG
 from occ.cli import main as occ_main
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
-from service.repository import scan_repository
+from occupancy.model_repository import STAGING_PREFIX, Runtime, scan_repository
 from training import publish as publishing
 from training.models.checkpoint import save_checkpoint
 from training.models.configs import CONFIGS, build_model
@@ -76,8 +76,8 @@ def test_files_are_written_only_into_the_staging_folder(tmp_path, onnx_file, mon
         return copyfile(source, target, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "copyfile", watched_copy)
-    publish(tmp_path, "fake", Artifact(onnx_file), kind="python")
-    assert copies and all(path.parent.parent.parent.name.startswith(".publish-1-") for path in copies)
+    publish(tmp_path, "fake", Artifact(onnx_file), runtime=Runtime.PYTHON)
+    assert copies and all(path.parent.parent.name.startswith(STAGING_PREFIX) for path in copies)
     assert entries(tmp_path / "fake" / "1") == ["model.onnx", "model.py"]
     assert parse_config(tmp_path / "fake" / "config.pbtxt").backend == "python"
 
@@ -96,9 +96,10 @@ def test_the_kind_stays_as_served_and_cards_travel_along(tmp_path, onnx_file):
     shutil.copyfile(onnx_file, source / "model.onnx")
     (source / "card.json").write_text('{"mIoU": 12.5}')
     (source / "model_card.md").write_text("# fake\n")
-    publish(tmp_path / "repository", "fake", Artifact(source / "model.onnx"), kind="python")
-    published = publish(tmp_path / "repository", "fake", Artifact(source / "model.onnx"))
-    assert published.kind == "python"
+    exported = Artifact.from_files(source / "model.onnx")
+    publish(tmp_path / "repository", "fake", exported, runtime=Runtime.PYTHON)
+    published = publish(tmp_path / "repository", "fake", exported)
+    assert published.runtime is Runtime.PYTHON
     assert entries(published.version_dir) == ["card.json", "model.onnx", "model.py", "model_card.md"]
     assert json.loads((published.version_dir / "card.json").read_text()) == {"mIoU": 12.5}
 
@@ -108,24 +109,24 @@ def test_an_engine_is_published_with_its_onnx(tmp_path, onnx_file):
     build.mkdir()
     (build / "model.plan").write_bytes(b"engine bytes")
     with pytest.raises(InputError, match="--onnx"):
-        Artifact.from_plan(build / "model.plan")
+        Artifact.from_files(plan=build / "model.plan")
     shutil.copyfile(onnx_file, build / "model.onnx")
-    published = publish(tmp_path / "repository", "fake", Artifact.from_plan(build / "model.plan"))
-    assert published.kind == "tensorrt"
+    published = publish(tmp_path / "repository", "fake", Artifact.from_files(plan=build / "model.plan"))
+    assert published.runtime is Runtime.TENSORRT
     assert entries(published.version_dir) == ["model.onnx", "model.plan"]
     config = parse_config(tmp_path / "repository" / "fake" / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
-    with pytest.raises(InputError, match="tensorrt: needs an engine"):
-        publish(tmp_path / "repository", "fake", Artifact(onnx_file), kind="tensorrt")
+    with pytest.raises(InputError, match="served by TensorRT: publishing needs an engine"):
+        publish(tmp_path / "repository", "fake", Artifact(onnx_file))  # served by TensorRT now
 
 
 def test_a_triton_that_does_not_load_it_gets_it_taken_back(tmp_path, onnx_file):
-    publish(tmp_path, "fake", Artifact(onnx_file), kind="python")
+    publish(tmp_path, "fake", Artifact(onnx_file), runtime=Runtime.PYTHON)
     before = (tmp_path / "fake" / "config.pbtxt").read_text()
     (port,) = free_ports(1)  # nothing listens there
     with pytest.raises(InputError, match=rf"--triton-url 127.0.0.1:{port}: loading fake version 2 failed"):
-        publish(tmp_path, "fake", Artifact(onnx_file), kind="onnxruntime", triton_url=f"127.0.0.1:{port}",
-                ready_timeout_s=5)
+        publish(tmp_path, "fake", Artifact(onnx_file), runtime=Runtime.ONNXRUNTIME,
+                triton_url=f"127.0.0.1:{port}", ready_timeout_s=5)
     assert entries(tmp_path / "fake") == ["1", "config.pbtxt"]
     assert (tmp_path / "fake" / "config.pbtxt").read_text() == before
 

@@ -26,7 +26,7 @@ from training.data.rays import (
     draw_without_replacement,
     label_source,
 )
-from training.models.rendering import NerfHead
+from training.models.nerf_head import NerfHead, NerfHeadConfig
 
 KEY_FRAME_ONLY = RaySampling(max_rays=3000, aux_frames=())
 # Every augmentation at once: resize, crop, rotation, image flips, and both BEV flips half the time.
@@ -42,7 +42,7 @@ def render_labels(sample) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sample's own (flipped) ground truth rendered along its rays by the rendering head: occupied
     voxels opaque, their class one-hot. Returns rendered depth, rendered class, and which rays end
     inside the grid and the head's inner ball (where the rendering can meet them)."""
-    head = NerfHead(OCC3D_GRID)
+    head = NerfHead(NerfHeadConfig())
     occupied = sample.semantics != FREE_CLASS
     density = torch.where(occupied, 4 * -head.act_shift, torch.zeros(()))
     semantic = torch.nn.functional.one_hot(sample.semantics.long(), 18)[..., :17].float() * 10

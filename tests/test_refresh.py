@@ -2,21 +2,23 @@
 into a real Triton (loopback, CPU python backend), whose new version the gateway then serves."""
 
 import asyncio
+import importlib.util
 import json
 import math
 
 import httpx
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from service_fixtures import calibration, frame_images, multipart_files
-from test_triton_local import free_ports
-from tiny_dataset import MICRO_CONFIG, write_tiny_dataset
+from test_triton_local import start_triton
+from tiny_dataset import MICRO_CONFIG, record_initial_weights, write_tiny_dataset
 
 from occ.cli import main as occ_main
 from occupancy.classes import CLASS_NAMES
 from service.core.config import Settings
 from service.main import create_app
-from service.triton_local import TritonLocal
+from training.export.tensorrt import cuda_device_count
 from training.models.configs import CONFIGS
 from training.refresh import current_card, model_card_markdown, verdict
 
@@ -63,19 +65,18 @@ def micro_config(monkeypatch):
 
 
 @pytest.mark.integration
-def test_refresh_trains_evaluates_and_publishes_into_triton(tmp_path, micro_config, capsys):
+def test_refresh_trains_evaluates_and_publishes_into_triton(tmp_path, micro_config, capsys,
+                                                             monkeypatch):
     data_root = write_tiny_dataset(tmp_path / "data", scenes=3, frames=1, val_scenes=1)
     repository = tmp_path / "repository"
     repository.mkdir()
-    http_port, grpc_port, metrics_port = free_ports(3)
-    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    triton = start_triton(repository)
     command = ["refresh", "--config", micro_config, "--data-root", str(data_root), "--work-dir",
                str(tmp_path / "work"), "--repository", str(repository), "--name", NAME, "--max-iters", "3",
                "--batch-size", "1", "--num-workers", "0", "--backend-kind", "python",
                "--triton-url", triton.grpc_url]
-    triton.start()
+    started = record_initial_weights(monkeypatch)
     try:
-        triton.wait_ready(60)
         assert occ_main(command) == 0
         first_card = json.loads((repository / NAME / "1" / "card.json").read_text())
         assert first_card["fine_tuned_from"] is None and first_card["iterations"] == 3
@@ -96,7 +97,21 @@ def test_refresh_trains_evaluates_and_publishes_into_triton(tmp_path, micro_conf
         card = json.loads((repository / NAME / "2" / "card.json").read_text())
         assert card["fine_tuned_from"] == first_card["checkpoint"] and card["forced"] is True
         assert card["previous_version"] == 1 and card["previous_mIoU"] == 99.0
-        assert card["mIoU"] is None or math.isfinite(card["mIoU"])
+        # Fine-tuning started from the served version's checkpoint (its deployed, EMA weights); the first
+        # refresh from scratch.
+        deployed = torch.load(first_card["checkpoint"], weights_only=True)["state_dict"]
+        assert len(started) == 3
+        for name, value in deployed.items():
+            assert torch.equal(started[1][name], value) and torch.equal(started[2][name], value), name
+        assert not all(torch.equal(started[0][name], value) for name, value in deployed.items())
+        # The card's mIoU is its checkpoint's, re-evaluated here with `occ eval` over the 1 val frame.
+        scores = tmp_path / "scores.json"
+        assert occ_main(["eval", "--config", micro_config, "--checkpoint", card["checkpoint"], "--data-root",
+                         str(data_root), "--num-workers", "0", "--json", str(scores)]) == 0
+        evaluated = json.loads(scores.read_text())
+        assert card["val_frames"] == 1 and math.isfinite(card["mIoU"])
+        assert card["mIoU"] == pytest.approx(evaluated["mIoU"])
+        assert card["per_class"] == evaluated["per_class"]
         client = grpcclient.InferenceServerClient(triton.grpc_url)
         assert client.is_model_ready(NAME, "2") and not client.is_model_ready(NAME, "1")
 
@@ -113,3 +128,18 @@ async def _predict_through_gateway(settings: Settings) -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
             return await client.post("/predict", files=files)
+
+
+def test_refresh_of_a_tensorrt_served_model_takes_the_tensorrt_path(tmp_path, micro_config, capsys):
+    """The served runtime decides the export: an engine-served model is refreshed as an engine, and a
+    machine without TensorRT says so before any training starts."""
+    repository = tmp_path / "repository"
+    (repository / NAME).mkdir(parents=True)
+    (repository / NAME / "config.pbtxt").write_text(f'name: "{NAME}"\nplatform: "tensorrt_plan"\n')
+    command = ["refresh", "--config", micro_config, "--data-root", str(tmp_path / "data"), "--work-dir",
+               str(tmp_path / "work"), "--repository", str(repository), "--name", NAME]
+    if importlib.util.find_spec("tensorrt") is not None and cuda_device_count() > 0:
+        pytest.skip("this machine can build engines: the refusal below is for machines without TensorRT")
+    assert occ_main(command) == 2
+    assert "cannot build a TensorRT engine here" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # refused before training

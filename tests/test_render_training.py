@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_dataset import MICRO_CONFIG, write_synthetic_scene
+from tiny_dataset import MICRO_CONFIG, MICRO_TEMPORAL_CONFIG, write_synthetic_scene
 
 from occ.cli import main as occ_main
 from occupancy.errors import InputError
@@ -15,21 +15,38 @@ from training import train as training
 from training.data.dataset import OccupancyDataset, collate
 from training.data.rays import RaySampling
 from training.models.checkpoint import load_model
-from training.models.configs import CONFIGS, build_model
-from training.models.density_heads import DensityHeadConfig
-from training.models.rendering import RenderConfig
+from training.models.configs import CONFIGS, BevEncoder3DConfig, ModelConfig, RenderOccHeadConfig, build_model
+from training.models.nerf_head import NerfHeadConfig, nerf_head_config
+from training.models.render_occ_head import DensitySemantics
+from training.models.view_transformer import VoxelGridConfig
 from training.train import TrainOptions, checkpoint_path
 
 RENDERING_LOSSES = ("loss_render_depth", "loss_render_semantic", "loss_sdf_entropy", "loss_sdf_distortion")
 MICRO_2D = replace(
     MICRO_CONFIG,
     name="test-micro-2d",
-    density_head=DensityHeadConfig(out_dim=8, density_threshold=13.8),
-    render=RenderConfig(),
+    render_occ=RenderOccHeadConfig(test_threshold=13.8),
+    nerf_head=NerfHeadConfig(),
     recipe=replace(MICRO_CONFIG.recipe, supervision="2d", warmup_iters=2, lr=2e-3,
                    rays=RaySampling(max_rays=256, aux_frames=(-1, 1))),
 )
 HALF = 3  # iterations before the interruption: mid-epoch with 4 frames in batches of 1
+RENDERING_4D_CONFIGS = ("renderocc-r50-4d-stereo-256x704", "flashocc-renderocc-r50-4d-stereo-256x704",
+                        "renderocc-swinb-4d-stereo-2dgt")
+
+
+def micro_4d(name: str) -> ModelConfig:
+    """The micro BEVStereo4D network with a named 4D config's heads and supervision; a 3D voxel encoder (4
+    channels, the Occ3D grid) where the named one has one."""
+    named = CONFIGS[name]
+    config = replace(MICRO_TEMPORAL_CONFIG, name=f"test-micro-{name}", render_occ=named.render_occ,
+                     nerf_head=named.nerf_head,
+                     recipe=replace(MICRO_2D.recipe, supervision=named.recipe.supervision))
+    if isinstance(named.bev_encoder, BevEncoder3DConfig):
+        config = replace(config, pool_grid=VoxelGridConfig(), upsample_bev=False, bev_channels=4,
+                         bev_encoder=BevEncoder3DConfig(num_layer=(1, 1, 1), num_channels=(4, 8, 16),
+                                                        head_channels=8))
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +107,28 @@ def test_3d_plus_2d_adds_the_rendering_losses_to_the_voxel_loss(data_root, tmp_p
     trainer = trainer_for(both, data_root, tmp_path)
     trainer.model.train()
     losses = training.train_step(trainer, [collate([dataset[0]])])
-    assert set(losses) == {"loss", "loss_occ", *RENDERING_LOSSES}
+    assert set(losses) == {"loss", "loss_3d_geo", "loss_3d_sem", *RENDERING_LOSSES}
     parts = sum(value for name, value in losses.items() if name != "loss")
-    assert losses["loss_occ"] > 0 and torch.isclose(losses["loss"], parts)
+    assert losses["loss_3d_geo"] > 0 and torch.isclose(losses["loss"], parts)
+
+
+@pytest.mark.parametrize("name", RENDERING_4D_CONFIGS)
+def test_the_4d_rendering_configs_train_under_their_supervision(data_root, tmp_path, name):
+    """The UniOcc-style rows train on 3D + rendering losses, the 2D-label row on rendering alone; the
+    rendering losses reach the head (BEVStereo4D, its history frames and rays together)."""
+    config = micro_4d(name)
+    assert config.recipe.supervision == ("2d" if name.endswith("2dgt") else "3d+2d")
+    dataset = OccupancyDataset(data_root, "train", config.input_size, depth=True,
+                               history_frames=config.history_frames, rays=config.recipe.rays)
+    trainer = trainer_for(config, data_root, tmp_path)
+    trainer.model.train()
+    before = trainer.raw_model.density_mlp[0].weight.detach().clone()
+    losses = training.train_step(trainer, [collate([dataset[2]])])
+    voxel = {"loss_3d_geo", "loss_3d_sem"} if config.recipe.voxel_labels else set()
+    assert set(losses) == {"loss", "loss_depth", *RENDERING_LOSSES, *voxel}
+    assert all(torch.isfinite(value) for value in losses.values())
+    assert not torch.equal(trainer.raw_model.density_mlp[0].weight, before)
+    assert "nerf_head.act_shift" in trainer.raw_model.state_dict()
 
 
 def run(data_root: Path, work_dir: Path, config: str, iters: int, resume: bool = False,
@@ -123,8 +159,8 @@ def test_supervision_2d_trains_a_config_without_a_rendering_head(data_root, tmp_
     checkpoint records how it was trained and rebuilds the same model for evaluation."""
     final = run(data_root, tmp_path / "work", MICRO_CONFIG.name, 2, supervision="2d")
     model, config = load_model(final)
-    assert config.recipe.supervision == "2d" and config.render == RenderConfig()
-    assert model.nerf_head is not None and config.density_head is None
+    assert config.recipe.supervision == "2d" and config.nerf_head == nerf_head_config(MICRO_CONFIG.grid)
+    assert model.nerf_head is not None and config.render_occ is None
     log = (tmp_path / "work/train.log").read_text()
     assert "loss_render_semantic" in log and "loss_occ" not in log
     with pytest.raises(InputError, match="trains with '2d'"):
@@ -132,11 +168,11 @@ def test_supervision_2d_trains_a_config_without_a_rendering_head(data_root, tmp_
 
 
 def test_supervision_2d_makes_an_argmax_density_head_decide_by_threshold():
-    argmax_head = replace(MICRO_2D, density_head=DensityHeadConfig(out_dim=8), render=None,
+    argmax_head = replace(MICRO_2D, render_occ=RenderOccHeadConfig(), nerf_head=None,
                           recipe=MICRO_CONFIG.recipe)
-    assert training.with_supervision(argmax_head, "3d+2d").density_head.density_threshold is None
+    assert training.with_supervision(argmax_head, "3d+2d").render_occ.test_threshold is None
     two_d = training.with_supervision(argmax_head, "2d")
-    assert two_d.density_head.density_threshold == 8.5 and two_d.render == RenderConfig()
+    assert two_d.render_occ.test_threshold == 8.5 and two_d.nerf_head == NerfHeadConfig()
 
 
 def test_occ_train_names_a_bad_supervision(capsys):
@@ -145,16 +181,31 @@ def test_occ_train_names_a_bad_supervision(capsys):
     assert "--supervision: expected one of 3d, 2d, 3d+2d, got '4d'" in capsys.readouterr().err
 
 
-def test_density_head_scores_take_the_argmax_of_the_reference_rules():
+def test_render_occ_scores_take_the_argmax_of_the_reference_rules():
+    """A single-frame model (and its export) takes the argmax of the head's scores: it must be the
+    head's own rule, the seed's density argmax or pmj's threshold."""
     torch.manual_seed(0)
     head = build_model(MICRO_2D).occ_head.eval()
-    bev = torch.randn(1, 8, 200, 200)
     with torch.no_grad():
-        density, semantic = head.fields(bev)
+        output = head(torch.randn(1, 8, 200, 200))
+    density, semantic = output
     for threshold in (None, float(density[..., 0].median())):
-        head.density_threshold = threshold
+        head.test_threshold = threshold
         margin = density[..., 0] - (density[..., 1] if threshold is None else threshold)
         expected = torch.where(margin > 0, semantic.argmax(-1), torch.full_like(semantic[..., 0], 17).long())
         assert 0 < (margin > 0).float().mean() < 1
         clear = margin.abs() > 1e-4  # not a tie within float rounding
-        assert torch.equal(head(bev).argmax(-1)[clear], expected[clear])
+        assert torch.equal(head.scores(output).argmax(-1)[clear], expected[clear])
+        assert torch.equal(head.classes(output)[clear], expected[clear])
+
+
+def test_demo_tiny_2d_has_the_m5_configs_head():
+    """demo-tiny-2d is built from the RenderOcc head class the 4D RenderOcc configs use; its forward gives
+    density and semantics, its prediction the classes."""
+    config = CONFIGS["demo-tiny-2d"]
+    assert config.recipe.supervision == "2d" and config.nerf_head == NerfHeadConfig()
+    head = build_model(config).occ_head
+    assert type(head) is type(build_model(replace(MICRO_TEMPORAL_CONFIG, render_occ=RenderOccHeadConfig(),
+                                                  )).occ_head)
+    output = head(torch.zeros(1, config.bev_encoder.neck_channels, 200, 200))
+    assert isinstance(output, DensitySemantics) and output.density.shape == (1, 200, 200, 16, 2)

@@ -10,10 +10,9 @@ import torch
 from occupancy.classes import IGNORE_INDEX
 from occupancy.grid import OCC3D_GRID, GridSpec
 from training.batch import RayBatch
+from training.models.nerf_head import NerfHead, NerfHeadConfig, nerf_head_config
 from training.models.rendering import (
     EARLY_STOP_TRANSMITTANCE,
-    NerfHead,
-    RenderConfig,
     alphas_to_weights,
     density_from_class_logits,
     distortion_loss,
@@ -22,7 +21,7 @@ from training.models.rendering import (
 # A 16 m x 16 m x 3.2 m grid (40 x 40 x 8 voxels) with a 7 m ball: the Occ3D geometry, scaled down so the
 # loops stay fast.
 SMALL_GRID = GridSpec(x_range=(-8.0, 8.0), y_range=(-8.0, 8.0), z_range=(-1.0, 2.2), voxel_size=0.4)
-SMALL_CONFIG = RenderConfig(radius=7.0)
+SMALL_CONFIG = nerf_head_config(SMALL_GRID, radius=7.0)
 
 
 def random_rays(count: int, generator: torch.Generator, spread: float = 1.0,
@@ -119,7 +118,7 @@ def scene():
 
 def test_renderer_matches_a_per_ray_loop_over_the_reference_kernels(scene):
     density, semantic, origins, directions, bda = scene
-    head = NerfHead(SMALL_GRID, SMALL_CONFIG, num_classes=5)
+    head = NerfHead(SMALL_CONFIG, num_classes=5)
     rendered = head.render(density, semantic, origins, directions, bda)
     stopped = 0
     for r in range(len(origins)):
@@ -145,7 +144,7 @@ def test_renderer_matches_a_per_ray_loop_over_the_reference_kernels(scene):
 def test_gradients_are_finite_and_match_finite_differences():
     generator = torch.Generator().manual_seed(1)
     spec = GridSpec(x_range=(-2.0, 2.0), y_range=(-2.0, 2.0), z_range=(-0.8, 0.8), voxel_size=0.4)
-    head = NerfHead(spec, RenderConfig(radius=1.6), num_classes=3).double()
+    head = NerfHead(nerf_head_config(spec, radius=1.6), num_classes=3).double()
     origins, directions = random_rays(6, generator, spread=0.4)
     origins[:, 2] = 0.0
     density = (torch.randn(*spec.shape, generator=generator, dtype=torch.float64) * 3 + 12).requires_grad_()
@@ -170,7 +169,7 @@ def test_an_occupied_slab_renders_at_its_face_wherever_it_stands():
     depth is the face's distance along each ray, behind it by the same small amount whether the face is
     near or far, in front or behind, at the ground or high up. A grid read with the wrong voxel centres
     (align_corners=True) or the reference's z extent (+-0.08) moves the face by 0.05-0.15 m with position."""
-    head = NerfHead(OCC3D_GRID)
+    head = NerfHead(NerfHeadConfig())
     high = float(-2 * head.act_shift)
     count = 40
     angles = torch.linspace(-0.4, 0.4, count)
@@ -226,7 +225,7 @@ def test_opaque_samples_leave_no_subnormal_floats():
 def test_losses_fall_as_the_grid_fits_its_labels():
     """Rays labelled by a known slab; fitting a free grid to them with the four losses lowers each."""
     generator = torch.Generator().manual_seed(2)
-    head = NerfHead(SMALL_GRID, SMALL_CONFIG, num_classes=4)
+    head = NerfHead(SMALL_CONFIG, num_classes=4)
     origins, directions = random_rays(64, generator, spread=0.5)
     directions[:, 2] = -directions[:, :2].norm(dim=-1) * 0.3
     unit = directions / directions.norm(dim=-1, keepdim=True)
@@ -248,7 +247,7 @@ def test_losses_fall_as_the_grid_fits_its_labels():
 
 
 def test_class_logits_render_with_their_free_probability_as_transmittance():
-    head = NerfHead(OCC3D_GRID)
+    head = NerfHead(NerfHeadConfig())
     logits = torch.randn(5, 18)
     alpha = 1 - (1 + torch.exp(density_from_class_logits(logits, head.act_shift) + head.act_shift)) ** -0.5
     p_free = logits.softmax(-1)[:, -1]
@@ -256,11 +255,17 @@ def test_class_logits_render_with_their_free_probability_as_transmittance():
 
 
 def test_the_head_holds_the_reference_buffers_and_no_parameters():
-    head = NerfHead(OCC3D_GRID)
+    head = NerfHead(NerfHeadConfig())
     assert list(head.parameters()) == []
     state = head.state_dict()
     assert {k: tuple(v.shape) for k, v in state.items()} == {
         "scene_center": (3,), "scene_radius": (3,), "xyz_min": (3,), "xyz_max": (3,), "act_shift": (1,)}
     torch.testing.assert_close(state["scene_center"], torch.tensor([0.0, 0.0, 2.2]))
-    torch.testing.assert_close(state["xyz_max"], torch.tensor([40 / 39, 40 / 39, 3.2 / 39]))
+    # The reference's stored bounds (z +-6.4/80), which its checkpoints hold; the samples read the grid
+    # between its true faces (z 3.2 m above and below the centre), which no loaded state changes.
+    torch.testing.assert_close(state["xyz_max"], torch.tensor([40 / 39, 40 / 39, 0.08]))
+    torch.testing.assert_close(head.grid_max, torch.tensor([40 / 39, 40 / 39, 3.2 / 39]))
+    torch.testing.assert_close(head.grid_min, -head.grid_max)
+    head.load_state_dict({**state, "xyz_max": torch.zeros(3)})
+    torch.testing.assert_close(head.grid_max, torch.tensor([40 / 39, 40 / 39, 3.2 / 39]))
     assert head.samples_per_ray == 391 + 26  # the reference's N_inner + N_outer

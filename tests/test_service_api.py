@@ -4,33 +4,42 @@ import asyncio
 import base64
 import io
 import json
+import math
 import struct
+import threading
 import zlib
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from service_fixtures import (
+    TEST_STATE,
+    GatedBackend,
     build_test_model,
     calibration,
     camera_image,
+    changed,
     encode,
+    exact_frame_images,
+    expected_inputs,
     frame_images,
     multipart_files,
-    reference_inputs,
+    post_frame,
+    reference_pipeline_inputs,
     run_model,
+    serving,
     write_model,
 )
 
-from occupancy.calibration import parse_calibration
+from occupancy.calibration import Pose, parse_calibration
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES, FREE_CLASS
 from occupancy.encoding import decode_dense, decode_npy, decode_sparse
 from occupancy.grid import OCC3D_GRID
-from occupancy.preprocess import apply_transform, bgr_to_rgb, test_time_transform
+from occupancy.network_input import REFERENCE
+from occupancy.preprocess import apply_transform, test_time_transform
 from service.backends.embedded import EmbeddedBackend
 from service.core.config import Settings
 from service.images import read_header
@@ -38,7 +47,7 @@ from service.main import create_app
 from service.pipeline import Frame, check_headers, prepare_inputs
 
 INPUT_SIZE = (32, 64)
-SOURCE_SIZE = (90, 160)  # decoded at 1/2: the input width is 0.4 of the source's
+SOURCE_SIZE = (90, 160)  # the size the calibration's intrinsics are for
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +71,16 @@ def client(settings):
 
 @pytest.fixture(scope="module")
 def frame():
-    """Six JPEGs, their calibration, and the grid onnxruntime gives on the reference preprocessing."""
-    return frame_images(SOURCE_SIZE), calibration(SOURCE_SIZE)
+    """Six images, each camera its own size (PNG and JPEG, downscaled 2x or not, cropped differently),
+    and a calibration."""
+    return exact_frame_images(INPUT_SIZE), calibration(SOURCE_SIZE)
 
 
 @pytest.fixture(scope="module")
 def expected_grid(repository, frame):
+    """The stand-in model's grid on the frame's model inputs as computed without the gateway's code."""
     images, calib = frame
-    return run_model(repository / "fake" / "3" / "model.onnx", reference_inputs(images, calib, INPUT_SIZE))
-
-
-def changed(settings: Settings, **changes) -> Settings:
-    return Settings(**{**settings.model_dump(), **changes})
-
-
-def post_frame(client, images, calib, **kwargs):
-    return client.post("/predict", files=multipart_files(images, calib), **kwargs)
+    return run_model(repository / "fake" / "3" / "model.onnx", expected_inputs(images, calib, INPUT_SIZE))
 
 
 # --- answers -------------------------------------------------------------------------------------------
@@ -124,15 +127,18 @@ def test_json_request_form_gives_the_same_grid(client, frame, expected_grid):
     np.testing.assert_array_equal(decode_dense(response.json()["occupancy"]["data"]), expected_grid)
 
 
-def test_png_and_other_image_sizes(client, repository):
-    # Every camera its own size, PNG and JPEG mixed: each is transformed from its own source size.
+def test_png_and_other_image_sizes(settings, repository):
+    """Every camera its own size and scale (upscaled too), PNG and JPEG mixed: each is transformed from its
+    own source size. With the reference resampling the gateway must answer the grid of the literal
+    reference pipeline (Pillow; the fast path's arbitrary scales have no exact closed form)."""
     sizes = [(90, 160), (120, 200), (45, 80), (300, 400), (90, 160), (64, 64)]
     images = {name: encode(camera_image(size, seed), ".png" if seed % 2 else ".jpg")
               for seed, (name, size) in enumerate(zip(CAMERA_NAMES, sizes, strict=True))}
     calib = calibration()
-    inputs = reference_inputs(images, calib, INPUT_SIZE)
+    inputs = reference_pipeline_inputs(images, calib, INPUT_SIZE)
     expected = run_model(repository / "fake" / "3" / "model.onnx", inputs)
-    response = post_frame(client, images, calib)
+    with TestClient(create_app(changed(settings, resampling=REFERENCE))) as reference:
+        response = post_frame(reference, images, calib)
     assert response.status_code == 200, response.text
     np.testing.assert_array_equal(decode_dense(response.json()["occupancy"]["data"]), expected)
 
@@ -143,6 +149,47 @@ def test_temporal_model_with_sequence_fields(client, frame):
                           params={"model": "fake-temporal"})
     assert response.status_code == 200, response.text
     assert response.json()["model"] == {"name": "fake-temporal", "version": "2"}
+
+
+def _camera_poses(calib: dict, moved: bool) -> dict:
+    """`calib` with an ego pose per camera: the frame's, or (moved) one that drives 0.4 m further and
+    turns 0.5 degrees more for each camera, as cameras exposing tens of milliseconds apart see it."""
+    posed = json.loads(json.dumps(calib))
+    for index, name in enumerate(CAMERA_NAMES):
+        step = index if moved else 0
+        yaw = math.radians(30 + 0.5 * step)
+        posed["cameras"][name]["ego2global"] = {"translation": [600.0 + 0.4 * step, 1647.5, 0.0],
+                                                "rotation": [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]}
+        posed["cameras"][name]["timestamp"] = 1533151603547590 + 8000 * step
+    return posed
+
+
+def test_per_camera_poses_give_the_grid_of_their_composed_extrinsics(client, frame):
+    """A frame whose cameras carry their own ego poses answers as the same frame with every sensor2ego
+    carried into the key camera's (CAM_FRONT_LEFT) ego by hand, inv(E_key) @ E_cam @ S_cam, and one pose."""
+    images, calib = frame
+    posed = _camera_poses(calib, moved=True)
+    key_ego2global = Pose(**posed["cameras"]["CAM_FRONT_LEFT"]["ego2global"]).matrix()
+    composed = json.loads(json.dumps(calib))
+    composed["ego2global"] = posed["cameras"]["CAM_FRONT_LEFT"]["ego2global"]
+    for name in CAMERA_NAMES:
+        camera = posed["cameras"][name]
+        by_hand = (np.linalg.inv(key_ego2global) @ Pose(**camera["ego2global"]).matrix()
+                   @ Pose(**camera["sensor2ego"]).matrix())
+        composed["cameras"][name]["sensor2ego"] = Pose.from_matrix(by_hand).model_dump()
+    np.testing.assert_array_equal(_grid(client, images, posed), _grid(client, images, composed))
+
+
+def test_per_camera_poses_change_the_grid_only_when_they_differ(client, frame, expected_grid):
+    images, calib = frame
+    np.testing.assert_array_equal(_grid(client, images, _camera_poses(calib, moved=False)), expected_grid)
+    assert not np.array_equal(_grid(client, images, _camera_poses(calib, moved=True)), expected_grid)
+
+
+def _grid(client, images, calib) -> np.ndarray:
+    response = post_frame(client, images, calib)
+    assert response.status_code == 200, response.text
+    return decode_dense(response.json()["occupancy"]["data"])
 
 
 # --- errors (API.md's table) ---------------------------------------------------------------------------
@@ -312,61 +359,57 @@ def test_api_keys(settings, frame):
             assert keyed.get(open_path).status_code == 200
 
 
-class SlowBackend:
-    """The real backend, answering `delay` seconds late (the event loop stays free)."""
+def gated(gate: threading.Event) -> tuple[list[GatedBackend], Callable]:
+    """A backend factory for create_app whose backend waits at `gate`, and the list it puts it in."""
+    built: list[GatedBackend] = []
 
-    def __init__(self, inner, delay: float):
-        self.inner, self.delay, self.kind, self.models = inner, delay, inner.kind, inner.models
+    def build(settings: Settings) -> GatedBackend:
+        built.append(GatedBackend(EmbeddedBackend.load(settings), gate))
+        return built[-1]
 
-    async def infer(self, model, inputs):
-        await asyncio.sleep(self.delay)
-        return await self.inner.infer(model, inputs)
-
-    async def ready(self):
-        return await self.inner.ready()
-
-    async def close(self):
-        await self.inner.close()
-
-
-@asynccontextmanager
-async def serving(settings, build_backend=None):
-    app = create_app(settings, build_backend)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
-            yield client
+    return built, build
 
 
 def test_full_queue_is_503_with_retry_after(settings, frame):
     images, calib = frame
     files = multipart_files(images, calib)
     limited = changed(settings, max_concurrent=1, max_queue=1, retry_after_s=3)
+    gate = threading.Event()
+    backends, build = gated(gate)
 
     async def scenario():
-        async with serving(limited, lambda s: SlowBackend(EmbeddedBackend.load(s), 1.0)) as client:
-            first = asyncio.create_task(client.post("/predict", files=files))
-            second = asyncio.create_task(client.post("/predict", files=files))
-            await asyncio.sleep(0.3)  # the first holds the slot, the second waits in the queue
-            metrics = (await client.get("/metrics")).text
-            third = await client.post("/predict", files=files)
-            return await first, await second, third, metrics
+        async with serving(limited, build) as client:
+            try:
+                first = asyncio.create_task(client.post("/predict", files=files))
+                assert await asyncio.to_thread(backends[0].entered.wait, 30)  # the first holds the slot
+                others = [asyncio.create_task(client.post("/predict", files=files)) for _ in range(2)]
+                # While the slot is held only a refusal can answer, and the other request waits in the queue.
+                done, _ = await asyncio.wait(others, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                metrics = (await client.get("/metrics")).text
+            finally:
+                gate.set()
+            return [await first, *[await other for other in others]], done, metrics
 
-    first, second, third, metrics = asyncio.run(scenario())
-    assert (first.status_code, second.status_code) == (200, 200)
-    _assert_error(third, 503, "overloaded")
-    assert third.headers["retry-after"] == "3"
+    answers, done, metrics = asyncio.run(scenario())
+    assert len(done) == 1, "no request was refused while the slot was held and the queue full"
+    refused = done.pop().result()
+    assert sorted(answer.status_code for answer in answers) == [200, 200, 503]
+    _assert_error(refused, 503, "overloaded")
+    assert refused.headers["retry-after"] == "3"
     assert 'occ_requests_in_flight{backend="embedded"} 1.0' in metrics
     assert 'occ_requests_queued{backend="embedded"} 1.0' in metrics
 
 
 def test_backend_slower_than_the_timeout_is_504(settings, frame):
     images, calib = frame
+    gate = threading.Event()
+    _, build = gated(gate)
 
     async def scenario():
-        async with serving(changed(settings, request_timeout_s=0.2),
-                           lambda s: SlowBackend(EmbeddedBackend.load(s), 5.0)) as client:
-            return await client.post("/predict", files=multipart_files(images, calib))
+        async with serving(changed(settings, request_timeout_s=0.2), build) as client:
+            response = await client.post("/predict", files=multipart_files(images, calib))
+            gate.set()  # the held inference ends before the app does
+            return response
 
     _assert_error(asyncio.run(scenario()), 504, "timeout")
 
@@ -380,19 +423,22 @@ def test_models_listing(client):
     models = {model["name"]: model for model in body["models"]}
     assert models["fake"] == {"name": "fake", "version": "3", "versions": ["1", "3"], "config": "test-fake",
                               "input_size": list(INPUT_SIZE), "temporal": False, "backend": "embedded",
-                              "default": True}
-    assert models["fake-temporal"]["temporal"] is True
+                              "default": True, "state_bytes": None, "frame_gap_s": None}
+    temporal = models["fake-temporal"]
+    assert temporal["temporal"] is True and temporal["frame_gap_s"] == 0.5
+    assert temporal["state_bytes"] == sum(4 * math.prod(t.shape) for t in TEST_STATE) == 240
 
 
 def test_health_and_readiness(client, settings):
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
 
-    class NotAnswering(SlowBackend):
+    class NotAnswering(GatedBackend):
         async def ready(self):
             return False
 
-    with TestClient(create_app(settings, lambda s: NotAnswering(EmbeddedBackend.load(s), 0))) as down:
+    with TestClient(create_app(settings, lambda s: NotAnswering(EmbeddedBackend.load(s), threading.Event()))
+                    ) as down:
         response = down.get("/readyz")
         assert response.status_code == 503 and "retry-after" in response.headers
 
@@ -449,12 +495,15 @@ def test_reduced_decoding_keeps_the_geometry(settings):
     transform = test_time_transform((900, 1600), (256, 704))
     for index, name in enumerate(CAMERA_NAMES):
         full = cv2.imdecode(np.frombuffer(images[name], np.uint8), cv2.IMREAD_COLOR)
-        reference = bgr_to_rgb(apply_transform(full, transform)).transpose(2, 0, 1).astype(np.float64)
+        reference = apply_transform(full, transform).transpose(2, 0, 1).astype(np.float64)
         difference = np.abs(inputs["images"][0, index] - reference)
         assert difference.mean() < 1.5, (name, difference.mean())
 
 
-def test_npy_response_is_a_plain_npy_file(client, frame):
+def test_npy_response_is_a_plain_npy_file(client, frame, expected_grid):
     response = post_frame(client, *frame, headers={"Accept": "text/html, application/x-npy;q=0.9"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/x-npy"
     array = np.load(io.BytesIO(response.content), allow_pickle=False)
     assert array.dtype == np.uint8 and array.shape == (200, 200, 16)
+    np.testing.assert_array_equal(array, expected_grid)

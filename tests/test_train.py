@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_dataset import MICRO_CONFIG, write_tiny_dataset
+from tiny_dataset import MICRO_CONFIG, record_initial_weights, write_tiny_dataset
 
 from occ.cli import main as occ_main
 from occupancy.errors import InputError
 from training import train as training
 from training.data.dataset import OccupancyDataset, collate
-from training.models.checkpoint import save_checkpoint
+from training.models.checkpoint import load_model, save_checkpoint
 from training.models.configs import CONFIGS, ModelConfig, build_model
 from training.train import LrSchedule, ModelEMA, TrainOptions, checkpoint_path, latest_checkpoint, save_atomic
 
@@ -197,6 +197,44 @@ def test_training_changes_weights_and_keeps_config_name(data_root, tmp_path, mic
     changed = [not torch.equal(value, content["train_state_dict"][name])
                for name, value in initial.items() if value.is_floating_point()]
     assert any(changed)
+
+
+def test_the_evaluated_and_exported_weights_are_the_ema_of_the_trained_ones(data_root, tmp_path, micro_config,
+                                                                          monkeypatch):
+    """What `occ eval` and `occ export` load from a checkpoint (`load_model`: its `state_dict`) is the EMA
+    of the weights the step trained: after one step, decay(1) x initial + (1 - decay(1)) x trained."""
+    # No warm-up and a large lr, so one step moves every weight visibly; the ramp from 0 makes the EMA
+    # follow the trained weights (decay(1) = 0.999 x (1 - exp(-1 / 2000)), about 5e-4).
+    recipe = replace(MICRO_CONFIG.recipe, lr=1e-2, warmup_iters=0, ema_init_updates=0)
+    config = replace(MICRO_CONFIG, recipe=recipe)
+    monkeypatch.setitem(CONFIGS, micro_config, config)
+    final = run_training(data_root, tmp_path, micro_config, 1)
+    trained = torch.load(final, weights_only=True)["train_state_dict"]
+    training.seed_everything(0)  # the run's seed: the same initial weights
+    initial = build_model(config).state_dict()
+    decay = recipe.ema_decay * (1 - math.exp(-1 / 2000))
+    deployed = load_model(final)[0].state_dict()
+    moved = 0.0
+    for name, value in deployed.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, decay * initial[name] + (1 - decay) * trained[name], msg=name)
+            moved = max(moved, float((value - initial[name]).abs().max()))
+    assert moved > 1e-3  # the deployed weights left their initial values
+
+
+def test_occ_train_load_from_starts_from_the_files_weights(data_root, tmp_path, micro_config, monkeypatch):
+    """`occ train --load-from FILE`: the first step starts from FILE's weights (through the CLI and train)."""
+    torch.manual_seed(5)
+    source = build_model(MICRO_CONFIG)
+    path = tmp_path / "source.pt"
+    save_checkpoint(path, source, MICRO_CONFIG)
+    started = record_initial_weights(monkeypatch)
+    code = occ_main(["train", "--config", micro_config, "--data-root", str(data_root), "--work-dir",
+                     str(tmp_path / "work"), "--max-iters", "1", "--batch-size", "1", "--num-workers", "0",
+                     "--load-from", str(path)])
+    assert code == 0 and len(started) == 1
+    for name, value in source.state_dict().items():
+        assert torch.equal(started[0][name], value), name
 
 
 def test_two_process_ddp_with_gloo(data_root, tmp_path):

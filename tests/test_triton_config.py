@@ -3,6 +3,7 @@
 Also home of the tiny stand-in model (the occupancy model contract, a few ops) that the Triton tests serve.
 """
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from tritonclient.utils import np_to_triton_dtype
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
+from occupancy.model_repository import Runtime, python_backend_view, served_runtime
 from training.export import triton_config
+from training.publish import Artifact, publish
 
 TINY_INPUT_SIZE = (8, 16)
 REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
@@ -104,8 +107,9 @@ def tiny_onnx(tmp_path) -> Path:
 
 
 def test_python_backend_model_config_matches_onnx(tmp_path, tiny_onnx):
-    model_dir = triton_config.write_python_backend_model(tmp_path / "repo", "tiny", tiny_onnx, version=3,
-                                                         max_batch_size=4)
+    published = publish(tmp_path / "repo", "tiny", Artifact(tiny_onnx), runtime=Runtime.PYTHON, version=3,
+                        max_batch_size=4)
+    model_dir = published.version_dir.parent
     config = parse_config(model_dir / "config.pbtxt")
     assert_matches_onnx(config, model_dir / "3" / "model.onnx")
     assert (config.name, config.backend, config.platform, config.max_batch_size) == ("tiny", "python", "", 4)
@@ -121,8 +125,10 @@ def test_tensorrt_config_with_warmup_sample(tmp_path, tiny_onnx):
     signature = triton_config.read_signature(tiny_onnx)
     sample = {name: array[0] for name, array in tiny_frames(1, np.random.default_rng(0)).items()}
     model_dir = tmp_path / "trt"
-    triton_config.write_warmup_sample(model_dir, signature, sample)
-    triton_config.write_config(model_dir, triton_config.tensorrt_config("trt", signature, 8, warmup=True))
+    triton_config.write_warmup_sample(model_dir / "warmup", signature, sample)
+    text = triton_config.render_config(triton_config.triton_config(Runtime.TENSORRT, "trt", signature, 8,
+                                                                   warmup=True))
+    (model_dir / "config.pbtxt").write_text(text)
     config = parse_config(model_dir / "config.pbtxt")
     assert_matches_onnx(config, tiny_onnx)
     assert (config.platform, config.default_model_filename, config.max_batch_size) == (
@@ -140,11 +146,38 @@ def test_tensorrt_config_with_warmup_sample(tmp_path, tiny_onnx):
 
 def test_onnxruntime_config_matches_onnx(tmp_path, tiny_onnx):
     signature = triton_config.read_signature(tiny_onnx)
-    config_in = triton_config.onnxruntime_config("m", signature, 2, gpu=False)
-    path = triton_config.write_config(tmp_path / "m", config_in)
-    config = parse_config(path)
-    assert_matches_onnx(config, tiny_onnx)
-    assert (config.platform, config.default_model_filename) == ("onnxruntime_onnx", "model.onnx")
+    for gpu, kind in ((False, "KIND_CPU"), (True, "KIND_GPU")):
+        text = triton_config.render_config(triton_config.triton_config(Runtime.ONNXRUNTIME, "m", signature, 2,
+                                                                       gpu=gpu))
+        (tmp_path / "config.pbtxt").write_text(text)
+        config = parse_config(tmp_path / "config.pbtxt")
+        assert_matches_onnx(config, tiny_onnx)
+        assert (config.platform, config.default_model_filename) == ("onnxruntime_onnx", "model.onnx")
+        kinds = [model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) for group in config.instance_group]
+        assert kinds == [kind]
+        assert served_runtime(text) is Runtime.ONNXRUNTIME
+
+
+def test_the_python_backend_view_equals_what_publish_writes(tmp_path, tiny_onnx):
+    """triton-local's view of an onnxruntime repository: the same config as publishing for the python
+    backend, every version linked, TensorRT models left out."""
+    source = tmp_path / "source"
+    for _ in range(2):
+        publish(source, "tiny", Artifact(tiny_onnx), runtime=Runtime.ONNXRUNTIME, gpu=True)
+    plan = tmp_path / "build" / "model.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"engine")
+    shutil.copyfile(tiny_onnx, plan.with_name("model.onnx"))
+    publish(source, "engine", Artifact.from_files(plan=plan))
+    view = python_backend_view(source, tmp_path / "view", triton_config.python_backend_source())
+    assert view["tiny"] == "versions 1, 2 on the python backend" and view["engine"].startswith("left out")
+    as_published = publish(tmp_path / "python", "tiny", Artifact(tiny_onnx), runtime=Runtime.PYTHON)
+    assert (tmp_path / "view/tiny/config.pbtxt").read_text() == \
+        (as_published.version_dir.parent / "config.pbtxt").read_text()
+    for version in (1, 2):
+        linked = tmp_path / f"view/tiny/{version}/model.onnx"
+        assert linked.is_symlink() and linked.resolve() == (source / f"tiny/{version}/model.onnx").resolve()
+    assert sorted(path.name for path in (tmp_path / "view").iterdir()) == ["tiny"]
 
 
 def test_non_contract_model_is_refused(tmp_path):
@@ -154,7 +187,8 @@ def test_non_contract_model_is_refused(tmp_path):
     path = tmp_path / "other.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     with pytest.raises(InputError, match="not an occupancy model"):
-        triton_config.write_python_backend_model(tmp_path / "repo", "other", path)
+        publish(tmp_path / "repo", "other", Artifact(path))
+    assert not (tmp_path / "repo" / "other").exists()
     with pytest.raises(InputError, match="no such ONNX file"):
         triton_config.read_signature(tmp_path / "missing.onnx")
 

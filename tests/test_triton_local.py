@@ -4,7 +4,9 @@ The model is loaded through the repository API, inferred through gRPC with binar
 grids must equal ONNX Runtime's byte for byte; the metrics endpoint must count the requests.
 """
 
+import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -12,24 +14,31 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from service_fixtures import write_python_model
 from test_triton_config import tiny_frames, write_tiny_model
 
 from occupancy import model_contract as contract
+from occupancy.errors import InputError
 from service.triton_local import TritonLocal
-from training.export.triton_config import write_python_backend_model
 
 pytestmark = pytest.mark.integration
 MODEL = "tiny"
+QUEUE_DELAY_US = 2_000_000  # Triton's dynamic batching holds a request up to 2 s for others to join
+T = TypeVar("T")
 
 
 def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (another process may take one before a
+    server binds it: see `on_free_ports`)."""
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))
@@ -39,23 +48,47 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def on_free_ports(start: Callable[..., T], count: int = 3, attempts: int = 3) -> T:
+    """`start(*ports)` on `count` free loopback ports, again on new ones when it fails because a port was
+    taken in between (tritonserver cannot be asked to bind port 0 and say which port it got)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(*free_ports(count))
+        except (InputError, RuntimeError) as error:  # TritonLocal's: "is in use" or "already in use"
+            if "in use" not in str(error) or attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
+def start_triton(repository: Path, **options) -> TritonLocal:
+    """A TritonLocal serving `repository` on free loopback ports, started and ready; the caller stops it."""
+    def start(http_port: int, grpc_port: int, metrics_port: int) -> TritonLocal:
+        server = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                             **options)
+        try:
+            server.start()
+            server.wait_ready(timeout_s=60)
+        except BaseException:
+            server.kill()
+            raise
+        return server
+
+    return on_free_ports(start)
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     root = tmp_path_factory.mktemp("repository")
     onnx_path = write_tiny_model(tmp_path_factory.mktemp("onnx") / "tiny.onnx")
-    # A long queue delay lets the concurrent requests below meet in one batch.
-    write_python_backend_model(root, MODEL, onnx_path, max_batch_size=8, max_queue_delay_us=200_000)
+    # A long queue delay lets the concurrent requests below meet in one batch, also on a loaded machine.
+    write_python_model(root, MODEL, onnx_path, max_batch_size=8, max_queue_delay_us=QUEUE_DELAY_US)
     return root
 
 
 @pytest.fixture(scope="module")
 def server(repository):
-    http_port, grpc_port, metrics_port = free_ports(3)
-    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
-    triton.start()
+    triton = start_triton(repository, load_models=())
     try:
-        triton.start_seconds = triton.wait_ready(timeout_s=60)
-        print(f"\ntritonserver ready {triton.start_seconds:.2f} s after start")
         yield triton
     finally:
         triton.stop()
@@ -109,8 +142,11 @@ def test_load_infer_and_metrics(server, repository):
         np.testing.assert_array_equal(grid, session.run([contract.SEMANTICS], frames)[0])
 
     stats = grpc.get_inference_statistics(MODEL).model_stats[0]
-    print(f"{stats.inference_count} frames in {stats.execution_count} executions")
     assert stats.inference_count == 7  # frames, all batch sizes
+    # Dynamic batching: requests sent together ran together, in an execution larger than any one request.
+    assert stats.execution_count < len(requests)
+    largest_request = max(len(frames[contract.IMAGES]) for frames in requests)
+    assert max(batch.batch_size for batch in stats.batch_stats) > largest_request
 
     with urllib.request.urlopen(server.metrics_url, timeout=5) as answer:
         metrics = answer.read().decode()
@@ -119,18 +155,32 @@ def test_load_infer_and_metrics(server, repository):
 
 
 def test_kill_ends_the_server_and_its_stubs(repository):
-    http_port, grpc_port, metrics_port = free_ports(3)
-    triton = TritonLocal(repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                         load_models=(MODEL,))
-    triton.start()
+    triton = start_triton(repository, load_models=(MODEL,))
     try:
-        triton.wait_ready(timeout_s=60)
         group = triton._process.pid
         assert httpclient.InferenceServerClient(triton.http_url).is_model_ready(MODEL)
     finally:
         triton.kill()
     assert not triton.is_ready()
-    assert live_processes_in_group(group) == []  # the python stub went with the server
+    # The python stub goes with the server; SIGKILL takes effect a moment after it is sent.
+    assert still_running(live_processes_in_group(group), timeout_s=30) == []
+
+
+def still_running(pids: list[int], timeout_s: float) -> list[int]:
+    """Those of `pids` that have not exited after waiting up to `timeout_s` for each, woken by the exit
+    itself (a pidfd turns readable when its process terminates)."""
+    running = []
+    for pid in pids:
+        try:
+            descriptor = os.pidfd_open(pid)
+        except ProcessLookupError:  # gone already
+            continue
+        try:
+            if not select.select([descriptor], [], [], timeout_s)[0]:
+                running.append(pid)
+        finally:
+            os.close(descriptor)
+    return running
 
 
 def live_processes_in_group(group: int) -> list[int]:
@@ -149,16 +199,24 @@ def live_processes_in_group(group: int) -> list[int]:
 
 
 def test_cli_runs_in_the_foreground_until_ctrl_c(repository):
-    http_port, grpc_port, metrics_port = free_ports(3)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "occ", "triton-local", "--repository", str(repository),
-         "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
-         "--load-model", MODEL],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    def start(http_port: int, grpc_port: int, metrics_port: int) -> tuple[subprocess.Popen, int]:
+        ports = ["--http-port", str(http_port), "--grpc-port", str(grpc_port),
+                 "--metrics-port", str(metrics_port)]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "occ", "triton-local", "--repository", str(repository), *ports,
+             "--load-model", MODEL],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        output = []
+        for line in process.stdout:  # until it says it is ready, or ends
+            if line.startswith("triton ready"):
+                return process, http_port
+            output.append(line)
+        process.wait()
+        raise RuntimeError(f"occ triton-local exited with {process.returncode}:\n{''.join(output)}")
+
+    process, http_port = on_free_ports(start)
     try:
-        line = process.stdout.readline()
-        assert line.startswith("triton ready"), line
         assert httpclient.InferenceServerClient(f"127.0.0.1:{http_port}").is_model_ready(MODEL)
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 130

@@ -12,6 +12,7 @@ import types
 import numpy as np
 import onnxruntime as ort
 import pytest
+from service_fixtures import write_python_model
 from test_triton_config import tiny_frames, write_tiny_model
 
 from occupancy import model_contract as contract
@@ -46,8 +47,8 @@ def _fake_pb_utils() -> types.ModuleType:
 @pytest.fixture
 def model(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
-    model_dir = triton_config.write_python_backend_model(
-        tmp_path, "tiny", write_tiny_model(tmp_path / "tiny.onnx"), max_batch_size=8)
+    model_dir = write_python_model(tmp_path, "tiny", write_tiny_model(tmp_path / "tiny.onnx"),
+                                   max_batch_size=8)
     spec = importlib.util.spec_from_file_location("occ_triton_model", model_dir / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -11,18 +11,36 @@ from torch import Tensor
 
 
 @dataclass
+class FrameHistory:
+    """The frames before the key frame that temporal (4D) models see, most recent first.
+
+    The reference takes them as the same scene's previous keyframes (0.5 s apart in nuScenes) and,
+    where a scene has fewer, repeats the key frame (see training.data.dataset.history_indices).
+    """
+
+    images: Tensor  # B x T x N x 3 x H x W, normalised as CameraBatch.images, with the key frame's transform
+    sensor2keyego: Tensor  # B x T x N x 4 x 4: each history camera -> the **key frame's** ego
+
+    def to(self, device: torch.device | str) -> "FrameHistory":
+        return FrameHistory(self.images.to(device), self.sensor2keyego.to(device))
+
+
+@dataclass
 class CameraBatch:
     """What a single-frame model sees: normalised images and the camera geometry."""
 
-    images: Tensor  # B x N x 3 x H x W, float, RGB normalised with the ImageNet mean and std
+    images: Tensor  # B x N x 3 x H x W, float: B, G, R normalised as the reference (dataset.normalize_images)
     intrinsics: Tensor  # B x N x 3 x 3, pixels of the source image
     sensor2ego: Tensor  # B x N x 4 x 4, camera -> ego
     post_rots: Tensor  # B x N x 3 x 3, source pixels -> input pixels (resize, crop, rotate, flip)
     post_trans: Tensor  # B x N x 3
     bda: Tensor  # B x 3 x 3, BEV data augmentation (flips) applied to ego coordinates; identity at test
+    history: FrameHistory | None = None  # temporal models: the frames before this one (same intrinsics
+    # and image transform), their cameras in this frame's ego
 
     def to(self, device: torch.device | str) -> "CameraBatch":
-        return CameraBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return CameraBatch(**{name: None if v is None else v.to(device) for name, v in values.items()})
 
 
 @dataclass

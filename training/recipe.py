@@ -70,3 +70,9 @@ DEMO_TINY_RECIPE = TrainRecipe(lr=2e-3, warmup_iters=50, ema_init_updates=0, bat
 # demo-tiny's recipe from 2D labels alone (demo-tiny-2d): the same schedule; 1,024 rays per
 # sample instead of the reference's 38,400, which cost a 2-core CPU several seconds a step.
 DEMO_TINY_2D_RECIPE = replace(DEMO_TINY_RECIPE, supervision="2d", rays=RaySampling(max_rays=1024))
+
+# demo-tiny-4d-stereo: demo-tiny's recipe over 24 epochs (2,040 iterations of the demo data) instead of 30.
+# A step also runs t-1's backbone and depth net and t-2's first stage: 1.65x demo-tiny's time in the
+# calmer of two measurements on the shared 2-core machine (3.2x in the other, under a load of 6-7), so
+# 2,040 iterations at demo-tiny's 0.61 s x 1.65-2.2 should take 35-46 minutes on an idle one.
+DEMO_TINY_4D_STEREO_RECIPE = replace(DEMO_TINY_RECIPE, max_epochs=24)

@@ -14,11 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from occupancy.errors import InputError
-from training.export.triton_config import ONNX_FILE
-from training.publish import Artifact, BackendKind, Published, publish, version_numbers
-
-CARD_JSON = "card.json"
-CARD_MARKDOWN = "model_card.md"
+from occupancy.model_repository import CARD_JSON, CARD_MARKDOWN, Runtime, model_runtime, version_numbers
+from training.publish import Published, publish
 
 log = logging.getLogger("occ.refresh")
 
@@ -36,7 +33,7 @@ class RefreshOptions:
     threshold: float = 1.0  # mIoU points the new model may lose against the served one
     force: bool = False
     triton_url: str | None = None
-    backend_kind: BackendKind | None = None
+    runtime: Runtime | None = None  # default: the one the model is served with now, else ONNX Runtime
     keep: int | None = None
 
     @property
@@ -89,11 +86,16 @@ def refresh(options: RefreshOptions) -> RefreshResult:
     import torch
 
     from training import evaluate
-    from training.export.repository_export import export_to_repository
+    from training.export.artifact import export_artifact
     from training.models.checkpoint import load_model, read_checkpoint
     from training.train import TrainOptions, train
 
     model_dir = options.repository / options.model_name
+    runtime = options.runtime or model_runtime(model_dir) or Runtime.ONNXRUNTIME
+    if runtime is Runtime.TENSORRT:
+        from training.export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # the model is served as an engine: fail before the training, not after
     served_version, served_card = current_card(model_dir)
     start_from = _fine_tune_source(served_card)
     run_dir = options.work_dir / f"refresh-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
@@ -105,11 +107,12 @@ def refresh(options: RefreshOptions) -> RefreshResult:
     ))
 
     model, config = load_model(checkpoint, options.config)
-    loader = evaluate.eval_loader(options.data_root, "val", config.input_size, 1, options.num_workers)
+    loader = evaluate.eval_loader(options.data_root, "val", config.input_size, 1, options.num_workers,
+                                  config.history_frames)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metric = evaluate.accumulate(evaluate.predict_torch(model, loader, device))
-    scores = evaluate.metric_json(metric)
-    log.info("val mIoU %s over %d frames\n%s", scores["mIoU"], metric.frames, metric.table())
+    evaluation = evaluate.accumulate(evaluate.predict_torch(model, loader, device))
+    scores = evaluate.metric_json(evaluation)
+    log.info("val mIoU %s over %d frames\n%s", scores["mIoU"], scores["frames"], evaluation.occupancy.table())
 
     old_miou = _number(served_card.get("mIoU"))
     go, why = verdict(scores["mIoU"], old_miou, options.threshold, options.force)
@@ -127,11 +130,12 @@ def refresh(options: RefreshOptions) -> RefreshResult:
     if not go:
         return RefreshResult(card, None, why)
 
-    # The exporter checks ONNX Runtime against PyTorch and writes nothing if they disagree.
-    export_dir = export_to_repository(options.config, checkpoint, run_dir / "export", name=options.model_name,
-                                      version=1, log=log.info)
-    published = publish(options.repository, options.model_name, Artifact(onnx=export_dir / ONNX_FILE),
-                        kind=options.backend_kind, keep=options.keep, triton_url=options.triton_url)
+    # The exporter checks ONNX Runtime against PyTorch and makes no artifact if they disagree.
+    scratch = run_dir / "export"
+    scratch.mkdir()
+    artifact = export_artifact(config, checkpoint, scratch, runtime, log=log.info)
+    published = publish(options.repository, options.model_name, artifact, runtime=runtime, keep=options.keep,
+                        triton_url=options.triton_url)
     return RefreshResult(card, published, why)
 
 

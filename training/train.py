@@ -46,9 +46,9 @@ from training.models.checkpoint import (
     read_checkpoint,
 )
 from training.models.configs import ModelConfig, build_model, config_to_dict, get_config
-from training.models.density_heads import RENDEROCC_TEST_THRESHOLD
+from training.models.nerf_head import nerf_head_config
 from training.models.pretrained import BACKBONE, load_pretrained_backbone
-from training.models.rendering import RenderConfig
+from training.models.render_occ_head import RENDEROCC_TEST_THRESHOLD
 from training.recipe import TrainRecipe
 
 log = logging.getLogger("occ.train")
@@ -204,9 +204,9 @@ class Trainer:
 def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor]:
     """One optimisation step over the batches that make up one global batch (gradients accumulate over
     them; DDP synchronises only on the last). Returns detached scalar losses averaged over the batches:
-    `loss` (the one optimised), `loss_occ` where voxel labels supervise, the rendering losses
-    (`loss_render_*`, `loss_sdf_*`) where pixel labels do, and `loss_depth` where depth supervision
-    applies (all already weighted)."""
+    `loss` (the one optimised), the model's named losses where voxel labels supervise (`loss_occ`, or
+    `loss_3d_geo` and `loss_3d_sem`), the rendering losses (`loss_render_*`, `loss_sdf_*`) where pixel
+    labels do, and `loss_depth` where depth supervision applies (all already weighted)."""
     trainer.optimizer.zero_grad(set_to_none=True)
     totals: dict[str, Tensor] = {}
     for index, batch in enumerate(batches):
@@ -229,18 +229,15 @@ def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor
 
 
 def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
-    """The forward pass and the losses of one batch: `loss` and its parts."""
+    """The forward pass and the losses of one batch: `loss` and its parts (`train_step`'s)."""
     camera, targets = batch.camera_batch(trainer.device), batch.targets(trainer.device)
     precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
                  if trainer.autocast_dtype else nullcontext())
     with precision:
         output, depth = trainer.model(camera, return_depth=True)
-    output = output.float()
-    losses = {}
-    if trainer.voxel_labels:
-        losses["loss_occ"] = trainer.raw_model.loss(output, targets)
+    losses = trainer.raw_model.losses(output, targets) if trainer.voxel_labels else {}
     if trainer.pixel_labels:
-        losses.update(trainer.raw_model.render_loss(output, batch.rays.to(trainer.device), camera.bda))
+        losses.update(trainer.raw_model.render_losses(output, batch.rays.to(trainer.device), camera.bda))
     if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
         depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
         losses["loss_depth"] = trainer.depth_loss_weight * depth_loss
@@ -261,15 +258,15 @@ def model_config(options: TrainOptions, stored: ModelConfig | None = None) -> Mo
 
 def with_supervision(config: ModelConfig, supervision: str | None) -> ModelConfig:
     """The config trained under `supervision` (None: its recipe's). Pixel labels need the rendering head:
-    a config without one gets the reference's NerfHead (pmj RenderOcc's 2D-only loss weights). A density
-    head that decides occupancy by its density pair's argmax decides by pmj's threshold when 2D labels
-    alone train it, since they train only the occupied channel."""
+    a config without one gets the reference's NerfHead over its grid (pmj RenderOcc's 2D-only loss
+    weights). A RenderOcc head that decides occupancy by its density pair's argmax decides by pmj's
+    threshold when 2D labels alone train it, since they train only the occupied score."""
     recipe = replace(config.recipe, supervision=supervision or config.recipe.supervision)
-    render = config.render or (RenderConfig() if recipe.pixel_labels else None)
-    head = config.density_head
-    if head and head.density_threshold is None and not recipe.voxel_labels:
-        head = replace(head, density_threshold=RENDEROCC_TEST_THRESHOLD)
-    return replace(config, recipe=recipe, render=render, density_head=head)
+    nerf_head = config.nerf_head or (nerf_head_config(config.grid) if recipe.pixel_labels else None)
+    head = config.render_occ
+    if head and head.test_threshold is None and not recipe.voxel_labels:
+        head = replace(head, test_threshold=RENDEROCC_TEST_THRESHOLD)
+    return replace(config, recipe=recipe, nerf_head=nerf_head, render_occ=head)
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
@@ -501,7 +498,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     recipe = config.recipe
     plan = batch_plan(options, recipe, env.world_size)
     dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
-                               depth=config.depth_loss_weight > 0,
+                               depth=config.depth_loss_weight > 0, history_frames=config.history_frames,
                                rays=recipe.rays if recipe.pixel_labels else None)
     loader, sampler, skipping = build_loader(dataset, plan.batch_size, options, env)
     iters_per_epoch = len(sampler) // (plan.batch_size * plan.accumulation)

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.core.state import AppState
+from service.state import AppState
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>, where keys are configured")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="alternative to Bearer")

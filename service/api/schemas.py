@@ -3,6 +3,7 @@
 from pydantic import BaseModel, Field
 
 from service.backends.base import ServedModel
+from service.core.sequences import RESETS
 
 
 class ModelRef(BaseModel):
@@ -31,6 +32,16 @@ class Timing(BaseModel):
     total: float
 
 
+class Sequence(BaseModel):
+    """A temporal model's frame within its sequence (docs/API.md "Temporal models")."""
+
+    id: str
+    frame_index: int = Field(description="frames of this sequence this replica answered before this one")
+    history: int = Field(description="real past frames used (0: a cold start, 2: t-1 and t-2)")
+    reset: str | None = Field(None, description=f"why a held sequence starts over: {', '.join(RESETS)}")
+    gap_s: float | None = Field(None, description="seconds from the past frame used (t-1) to this one")
+
+
 class PredictResponse(BaseModel):
     model: ModelRef
     grid: GridInfo
@@ -38,6 +49,7 @@ class PredictResponse(BaseModel):
     free_class: int
     occupancy: Occupancy
     timing_ms: Timing
+    sequence: Sequence | None = Field(None, description="temporal models only")
 
 
 class ModelDescription(BaseModel):
@@ -49,6 +61,8 @@ class ModelDescription(BaseModel):
     temporal: bool
     backend: str
     default: bool
+    state_bytes: int | None = Field(None, description="temporal models: bytes of one frame's state")
+    frame_gap_s: float | None = Field(None, description="temporal models: seconds between training frames")
 
 
 class ModelsResponse(BaseModel):

@@ -13,8 +13,12 @@ Failures, mapped to what the HTTP API answers:
   BackendUnavailable (503 with Retry-After). The gRPC channel reconnects within a second once Triton
   is back, so the gateway recovers without a restart.
 - NOT_FOUND (the model is not loaded): BackendUnavailable at once.
-- DEADLINE_EXCEEDED (`triton_timeout_s` spent): TimeoutError (504), never retried: Triton may still be
+- DEADLINE_EXCEEDED (`triton_timeout_s` spent): BackendTimeout (504), never retried: Triton may still be
   computing it, and another try would only add load.
+- INVALID_ARGUMENT: Triton refused the tensors, which the gateway made for the version it knew; Triton
+  has swapped in a version with another input size since. Triton never runs a version on inputs of
+  another shape, so the request answers 503 with Retry-After and the models are re-read at once.
+The reasons (with Triton's address) go to the log; clients are told only that the backend is unavailable.
 """
 
 import asyncio
@@ -31,18 +35,20 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
+from occupancy.triton_access import TRITON_KEY_ENV, grpc_headers
 from service.backends.base import (
     Backend,
+    BackendTimeout,
     BackendUnavailable,
     Inference,
     ServedModel,
-    served_model_from_metadata,
 )
 from service.core.config import Settings
 
 log = logging.getLogger("service.triton")
 
-# What service.pipeline.prepare_inputs sends: the model must take exactly these.
+# What service.pipeline.prepare_inputs sends: the model must take exactly these; a temporal model also
+# what the gateway's sequence store sends (the previous frame's cameras, the history, the state).
 SENT_DATATYPES: dict[str, str] = {
     contract.IMAGES: "UINT8",
     contract.INTRINSICS: "FP32",
@@ -50,11 +56,13 @@ SENT_DATATYPES: dict[str, str] = {
     contract.POST_ROTS: "FP32",
     contract.POST_TRANS: "FP32",
 }
+TEMPORAL_DATATYPES: dict[str, str] = {contract.PREV_SENSOR2EGO: "FP32", contract.HISTORY: "INT32"}
 SEMANTICS_DATATYPE = "UINT8"
 
 UNAVAILABLE = "StatusCode.UNAVAILABLE"
 NOT_FOUND = "StatusCode.NOT_FOUND"
 DEADLINE_EXCEEDED = "StatusCode.DEADLINE_EXCEEDED"
+INVALID_ARGUMENT = "StatusCode.INVALID_ARGUMENT"
 PROBE_TIMEOUT_S = 1.0  # readiness and metadata calls: a healthy Triton answers in milliseconds
 MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -88,7 +96,6 @@ class TritonBackend(Backend):
         self._client: grpcaio.InferenceServerClient | None = None
         self._refresh: asyncio.Task | None = None
         self._refreshed_at = time.monotonic()
-        self._outputs = [grpcaio.InferRequestedOutput(contract.SEMANTICS)]
 
     @classmethod
     def load(cls, settings: Settings) -> "TritonBackend":
@@ -97,8 +104,10 @@ class TritonBackend(Backend):
         client = grpcclient.InferenceServerClient(settings.triton_url, channel_args=CHANNEL_ARGS)
         try:
             names = _wait_for_models(client, settings)
-            models = {name: _describe(client.get_model_metadata(name), client.get_model_config(name),
-                                      settings.triton_url) for name in names}
+            headers = _key_headers(settings)
+            models = {name: _describe(client.get_model_metadata(name),
+                                      client.get_model_config(name, headers=headers), settings.triton_url)
+                      for name in names}
         except InferenceServerException as error:
             raise InputError(f"--triton-url {settings.triton_url}: {error.message()}") from None
         finally:
@@ -111,33 +120,46 @@ class TritonBackend(Backend):
     def models(self) -> Mapping[str, ServedModel]:
         return self._models
 
-    async def infer(self, model: str, inputs: Mapping[str, np.ndarray]) -> Inference:
-        tensors = [_infer_input(name, inputs[name]) for name in contract.INPUT_NAMES]
-        result = await self._infer_with_retries(model, tensors)
+    async def infer(self, model: ServedModel, inputs: Mapping[str, np.ndarray]) -> Inference:
+        """Triton's answer; a temporal model's state travels both ways as tensors (any Triton backend runs
+        it) and its request names the version the state is of, so no other version ever reads it."""
+        tensors = [_infer_input(name, inputs[name]) for name in model.input_names]
+        outputs = [grpcaio.InferRequestedOutput(name) for name in model.output_names]
+        version = model.version if model.temporal else ""
+        result = await self._infer_with_retries(model.name, tensors, outputs, version)
         semantics = result.as_numpy(contract.SEMANTICS)
+        state = {tensor.name: result.as_numpy(tensor.output) for tensor in model.state}
         version = result.get_response().model_version
-        served = self._models[model]
+        served = self._models[model.name]
         if version and version != served.version:
             self._refresh_soon(force=True)  # Triton serves another version now: learn about it
             served = dataclasses.replace(served, version=version)
         else:
             self._refresh_soon()
-        return Inference(semantics, served)
+        return Inference(semantics, served, state)
 
-    async def _infer_with_retries(self, model: str, tensors: list[grpcaio.InferInput]) -> grpcaio.InferResult:
+    async def _infer_with_retries(self, model: str, tensors: list[grpcaio.InferInput],
+                                  outputs: list[grpcaio.InferRequestedOutput], version: str = "",
+                                  ) -> grpcaio.InferResult:
         settings = self._settings
         deadline = time.monotonic() + settings.triton_timeout_s
         attempt = 0
         while True:
             try:
-                return await self._connect().infer(model, tensors, outputs=self._outputs,
+                return await self._connect().infer(model, tensors, model_version=version, outputs=outputs,
                                                    client_timeout=max(deadline - time.monotonic(), 1e-3))
             except InferenceServerException as error:
                 status = error.status()
                 if status == DEADLINE_EXCEEDED:
-                    raise TimeoutError(f"triton: no answer within {settings.triton_timeout_s} s") from error
+                    message = f"backend: no answer within {settings.triton_timeout_s} s"
+                    raise BackendTimeout(message) from error
                 if status == NOT_FOUND:
+                    self._refresh_soon(force=True)  # e.g. the version a temporal request pinned is gone
                     raise BackendUnavailable(f"triton does not serve {model!r} now") from error
+                if status == INVALID_ARGUMENT:
+                    self._refresh_soon(force=True)
+                    raise BackendUnavailable(f"triton refused the inputs for {model!r}, the version it "
+                                             f"serves changed: {error.message()}") from error
                 if status != UNAVAILABLE:
                     raise
                 wait = settings.triton_retry_backoff_s * 2**attempt
@@ -183,21 +205,44 @@ class TritonBackend(Backend):
             self._refresh = asyncio.create_task(self._reread_models())
 
     async def _reread_models(self) -> None:
+        """Re-read every served model, and take up a model that Triton has loaded since (unless the
+        gateway serves only its configured default model)."""
         client = self._connect()
         models = dict(self._models)
-        for name, served in self._models.items():
+        for name in self._models.keys() | await self._newly_ready(client):
             try:
                 metadata = await client.get_model_metadata(name, client_timeout=PROBE_TIMEOUT_S)
-                config = await client.get_model_config(name, client_timeout=PROBE_TIMEOUT_S)
+                config = await client.get_model_config(name, headers=_key_headers(self._settings),
+                                                       client_timeout=PROBE_TIMEOUT_S)
                 models[name] = _describe(metadata, config, self._settings.triton_url)
             except (InferenceServerException, InputError) as error:
-                log.warning("model %s: keeping version %s, re-reading it failed: %s",
-                            name, served.version, error)
+                log.warning("model %s: %s, re-reading it failed: %s", name,
+                            f"keeping version {self._models[name].version}" if name in self._models
+                            else "not served", error)
         for name, model in models.items():
-            if model.version != self._models[name].version:
-                log.info("model %s: triton serves version %s (was %s)", name, model.version,
-                         self._models[name].version)
+            if name not in self._models:
+                log.info("model %s: triton serves it now (version %s), a new model", name, model.version)
+                continue
+            was = self._models[name].version
+            if int(model.version) < int(was):
+                log.warning("model %s: version %s disappeared, triton rolled back to version %s", name, was,
+                            model.version)
+            elif model.version != was:
+                log.info("model %s: triton serves version %s (was %s)", name, model.version, was)
         self._models = models
+
+
+    async def _newly_ready(self, client: grpcaio.InferenceServerClient) -> set[str]:
+        """READY models of Triton's repository that the gateway does not serve yet."""
+        if self._settings.default_model:
+            return set()
+        try:
+            index = await client.get_model_repository_index(headers=_key_headers(self._settings),
+                                                            client_timeout=PROBE_TIMEOUT_S)
+        except InferenceServerException as error:
+            log.warning("triton's repository index could not be read: %s", error)
+            return set()
+        return {model.name for model in index.models if model.state == "READY"} - self._models.keys()
 
 
 def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Settings) -> list[str]:
@@ -207,7 +252,8 @@ def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Setting
     while True:
         try:
             if client.is_server_ready(client_timeout=PROBE_TIMEOUT_S):
-                index = client.get_model_repository_index(client_timeout=PROBE_TIMEOUT_S)
+                index = client.get_model_repository_index(headers=_key_headers(settings),
+                                                          client_timeout=PROBE_TIMEOUT_S)
                 ready = sorted({model.name for model in index.models if model.state == "READY"})
                 wanted = [settings.default_model] if settings.default_model else ready
                 if wanted and set(wanted) <= set(ready):
@@ -217,10 +263,18 @@ def _wait_for_models(client: grpcclient.InferenceServerClient, settings: Setting
                 problem += "--triton-url` or tritonserver --load-model)"
         except InferenceServerException as error:
             problem = f"does not answer ({error.message()})"
+            if "restricted" in error.message():
+                problem = (f"refuses its model-control API ({error.message()}): set {TRITON_KEY_ENV} to the "
+                           "key Triton was started with")
         if time.monotonic() >= deadline:
             raise InputError(f"--triton-url {settings.triton_url}: {problem} after "
                              f"{settings.triton_startup_timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def _key_headers(settings: Settings) -> dict[str, str] | None:
+    """Headers of Triton's restricted calls (model config, repository index): the key, where one is set."""
+    return grpc_headers(None if settings.triton_key is None else settings.triton_key.get_secret_value())
 
 
 def _describe(
@@ -228,15 +282,6 @@ def _describe(
 ) -> ServedModel:
     """The ServedModel of Triton's metadata and config; InputError if it breaks the model contract."""
     source = f"triton {url} model {metadata.name!r}"
-    inputs = {tensor.name: tensor for tensor in metadata.inputs}
-    outputs = {tensor.name: tensor for tensor in metadata.outputs}
-    served_types = {name: tensor.datatype for name, tensor in inputs.items()}
-    semantics = outputs.get(contract.SEMANTICS)
-    if served_types != SENT_DATATYPES or semantics is None or semantics.datatype != SEMANTICS_DATATYPE:
-        served_outputs = {name: tensor.datatype for name, tensor in outputs.items()}
-        raise InputError(f"{source}: inputs {served_types} and outputs {served_outputs} do not match what "
-                         f"the gateway sends ({SENT_DATATYPES}) and reads ({contract.SEMANTICS}: "
-                         f"{SEMANTICS_DATATYPE}); re-export the model")
     if config.config.max_batch_size < 1:
         raise InputError(f"{source}: max_batch_size {config.config.max_batch_size}, but the gateway "
                          "sends a batch dimension")
@@ -244,12 +289,30 @@ def _describe(
     versions = tuple(sorted(metadata.versions, key=int))
     if not versions:
         raise InputError(f"{source}: no version is ready")
-    model = served_model_from_metadata(metadata.name, versions[-1], versions, parameters, source)
+    model = ServedModel.described(metadata.name, versions[-1], versions, parameters, source)
+    inputs = {tensor.name: tensor for tensor in metadata.inputs}
+    outputs = {tensor.name: tensor for tensor in metadata.outputs}
+    served_types = {name: tensor.datatype for name, tensor in inputs.items()}
+    served_outputs = {name: tensor.datatype for name, tensor in outputs.items()}
+    sent, read = _datatypes(model)
+    if served_types != sent or any(served_outputs.get(name) != datatype for name, datatype in read.items()):
+        raise InputError(f"{source}: inputs {served_types} and outputs {served_outputs} do not match what "
+                         f"the gateway sends ({sent}) and reads ({read}); re-export the model")
     image_shape = tuple(inputs[contract.IMAGES].shape)  # [-1, 6, 3, H, W]
     if image_shape[-2:] != model.input_size:
         raise InputError(f"{source}: images of shape {list(image_shape)}, but occ.input_size is "
                          f"{list(model.input_size)}")
     return model
+
+
+def _datatypes(model: ServedModel) -> tuple[dict[str, str], dict[str, str]]:
+    """The Triton datatypes of what the gateway sends a model and reads from it."""
+    sent, read = dict(SENT_DATATYPES), {contract.SEMANTICS: SEMANTICS_DATATYPE}
+    if model.temporal:
+        sent |= TEMPORAL_DATATYPES
+        for tensor in model.state:
+            sent[tensor.name] = read[tensor.output] = np_to_triton_dtype(np.dtype(tensor.dtype))
+    return sent, read
 
 
 def _infer_input(name: str, array: np.ndarray) -> grpcaio.InferInput:

@@ -9,6 +9,7 @@ import numpy as np
 
 from occupancy import model_contract as contract
 from occupancy.cameras import NUM_CAMERAS
+from occupancy.model_contract import ModelMetadata
 
 log = logging.getLogger("service.watch")
 
@@ -42,23 +43,29 @@ class Poller:
                 log.exception("version check failed; trying again in %.1f s", self._interval_s)
 
 
-def warmup_inputs(input_size: tuple[int, int]) -> dict[str, np.ndarray]:
+def warmup_inputs(model: ModelMetadata) -> dict[str, np.ndarray]:
     """A plausible frame of batch 1 (`occupancy.model_contract` names): six cameras 1.5 m up, looking
     ahead, mid-grey images. Zero matrices would make the geometry singular (NaN voxel indices), which
-    tests nothing of a real frame; this one exercises the same code path as a request.
+    tests nothing of a real frame; this one exercises the same code path as a request. A temporal model's
+    frame is a cold start.
 
     Shapes: images 1 x 6 x 3 x H x W uint8; intrinsics 1 x 6 x 3 x 3; sensor2ego 1 x 6 x 4 x 4;
     post_rots 1 x 6 x 3 x 3; post_trans 1 x 6 x 3 (float32).
     """
-    height, width = input_size
+    height, width = model.input_size
     intrinsic = np.array([[width, 0, width / 2], [0, width, height / 2], [0, 0, 1]], np.float32)
     sensor2ego = np.eye(4, dtype=np.float32)
     sensor2ego[:3, :3], sensor2ego[:3, 3] = _CAMERA_TO_EGO, (1.0, 0.0, 1.5)
     cameras = (1, NUM_CAMERAS)
-    return {
+    inputs = {
         contract.IMAGES: np.full((*cameras, 3, height, width), 128, np.uint8),
         contract.INTRINSICS: np.broadcast_to(intrinsic, (*cameras, 3, 3)).copy(),
         contract.SENSOR2EGO: np.broadcast_to(sensor2ego, (*cameras, 4, 4)).copy(),
         contract.POST_ROTS: np.broadcast_to(np.eye(3, dtype=np.float32), (*cameras, 3, 3)).copy(),
         contract.POST_TRANS: np.zeros((*cameras, 3), np.float32),
     }
+    if model.temporal:
+        inputs |= {contract.PREV_SENSOR2EGO: inputs[contract.SENSOR2EGO],
+                   contract.HISTORY: np.zeros((1, 1), contract.HISTORY_DTYPE),
+                   **{tensor.name: np.zeros((1, *tensor.shape), tensor.dtype) for tensor in model.state}}
+    return inputs

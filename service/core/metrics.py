@@ -5,18 +5,25 @@ Every series carries the `backend` label (`embedded`, `triton`), so dashboards c
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from service.backends.base import ServedModel
 
 STAGES: tuple[str, ...] = ("decode", "preprocess", "inference", "encode", "total")
 # 1 ms .. 30 s, roughly x2.5 per bucket.
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 )
+
+
+class DescribedModel(Protocol):
+    """What `occ_model_info` shows of a served model (service.backends.base.ServedModel has it)."""
+
+    name: str
+    version: str
+    config: str
 
 
 @dataclass
@@ -38,6 +45,20 @@ class Metrics:
                                registry=r).labels(self.backend)
         self.queued = Gauge("occ_requests_queued", "Frames waiting for a processing slot.", ("backend",),
                             registry=r).labels(self.backend)
+        # Temporal models' sequences (service/core/sequences.py).
+        self.sequences = Gauge("occ_sequences_active", "Sequences of temporal models held now.", ("backend",),
+                               registry=r).labels(self.backend)
+        self.sequence_bytes = Gauge("occ_sequence_state_bytes", "Bytes of the states the sequences keep.",
+                                    ("backend",), registry=r).labels(self.backend)
+        self.sequence_evictions = Counter("occ_sequence_evictions", "Sequences dropped: lru (over "
+                                          "OCC_MAX_SEQUENCES) or ttl (idle for OCC_SEQUENCE_TTL_S).",
+                                          ("backend", "reason"), registry=r)
+        self.sequence_resets = Counter("occ_sequence_resets", "Frames that started their sequence over, by "
+                                       "reason.", ("backend", "reason"), registry=r)
+        self.sequence_frames = Counter("occ_sequence_frames", "Frames of temporal models by the real past "
+                                       "frames they used (0: a cold start).", ("backend", "history"),
+                                       registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open file descriptors
 
     def count_request(self, model: str, status: int, encoding: str) -> None:
         self.requests.labels(backend=self.backend, model=model, status=str(status), encoding=encoding).inc()
@@ -49,7 +70,20 @@ class Metrics:
         for stage, milliseconds in timings_ms.items():
             self.stage_latency.labels(backend=self.backend, stage=stage).observe(milliseconds / 1000.0)
 
-    def follow_models(self, models: Callable[[], Mapping[str, ServedModel]]) -> None:
+    def set_sequences(self, count: int, nbytes: int) -> None:
+        self.sequences.set(count)
+        self.sequence_bytes.set(nbytes)
+
+    def count_sequence_eviction(self, reason: str) -> None:
+        self.sequence_evictions.labels(backend=self.backend, reason=reason).inc()
+
+    def count_sequence_reset(self, reason: str) -> None:
+        self.sequence_resets.labels(backend=self.backend, reason=reason).inc()
+
+    def count_sequence_frame(self, history: int) -> None:
+        self.sequence_frames.labels(backend=self.backend, history=str(history)).inc()
+
+    def follow_models(self, models: Callable[[], Mapping[str, DescribedModel]]) -> None:
         """Export `occ_model_info` from `models()` at every scrape, so a new version shows at once."""
         self.registry.register(_ModelInfo(self.backend, models))
 
@@ -57,7 +91,7 @@ class Metrics:
 class _ModelInfo(Collector):
     """occ_model_info{name, version, backend, config} = 1 for each model served now."""
 
-    def __init__(self, backend: str, models: Callable[[], Mapping[str, ServedModel]]):
+    def __init__(self, backend: str, models: Callable[[], Mapping[str, DescribedModel]]):
         self._backend, self._models = backend, models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from occupancy.model_repository import EXPORT_FORMATS
+
 HELP = "Export a model to ONNX (and TensorRT FP16) as a new version in the Triton model repository."
 
 
@@ -18,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", type=int, help="version number (default: the next free one)")
     parser.add_argument("--opset", type=int, default=17,
                         help="ONNX opset, 16 or newer (default: %(default)s)")
-    parser.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx",
+    parser.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="onnx",
                         help="tensorrt also builds an FP16 engine (needs TensorRT 10 and a GPU)")
     parser.add_argument("--max-batch", type=int, default=4,
                         help="Triton max_batch_size (default: %(default)s)")
@@ -29,8 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
+
     from occupancy.errors import InputError
-    from training.export.repository_export import export_to_repository
+    from training.export.artifact import EngineOptions, export_artifact
+    from training.models.configs import get_config
+    from training.publish import publish
 
     names = {name for name in (args.config_positional, args.config) if name}
     if len(names) != 1:
@@ -38,7 +44,17 @@ def run(args: argparse.Namespace) -> int:
                          if not names else f"--config: two different names given: {', '.join(sorted(names))}")
     if args.max_batch < 1:
         raise InputError(f"--max-batch {args.max_batch}: must be at least 1")
-    export_to_repository(names.pop(), args.checkpoint, args.repository, args.name, args.version,
-                         opset=args.opset, export_format=args.format, max_batch=args.max_batch,
-                         workspace_gb=args.workspace_gb, timing_cache=args.timing_cache)
+    config = get_config(names.pop())
+    name = args.name or config.name
+    if args.version is not None and (args.repository / name / str(args.version)).exists():
+        raise InputError(f"version {args.repository / name / str(args.version)} exists already; choose "
+                         "another --version or leave it out")
+    runtime = EXPORT_FORMATS[args.format]
+    engine = EngineOptions(args.max_batch, args.workspace_gb, args.timing_cache)
+    with tempfile.TemporaryDirectory(prefix="occ-export-") as scratch:
+        artifact = export_artifact(config, args.checkpoint, Path(scratch), runtime, opset=args.opset,
+                                   engine=engine)
+        published = publish(args.repository, name, artifact, runtime=runtime, version=args.version,
+                            max_batch_size=args.max_batch)
+    print(f"wrote {published.version_dir}")
     return 0

@@ -3,6 +3,8 @@
 import argparse
 from pathlib import Path
 
+from occupancy.model_repository import Runtime
+
 HELP = "train (or fine-tune the served version), evaluate, export and publish a new model version"
 
 
@@ -19,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=1.0,
                         help="refuse to publish below the served mIoU minus this (points; default 1.0)")
     parser.add_argument("--force", action="store_true", help="publish even below the threshold")
-    parser.add_argument("--backend-kind", choices=("onnxruntime", "python", "tensorrt"), metavar="KIND",
-                        help="onnxruntime or python (default: as the model is served now, else onnxruntime)")
+    parser.add_argument("--backend-kind", choices=[runtime.value for runtime in Runtime], metavar="KIND",
+                        help=f"{', '.join(runtime.value for runtime in Runtime)} (default: as the model is "
+                             "served now, else onnxruntime; tensorrt needs TensorRT 10 and a GPU here)")
     parser.add_argument("--keep", type=int, help="keep only the newest K versions (default: all)")
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, data_root=args.data_root, work_dir=args.work_dir, repository=args.repository,
         name=args.name, max_iters=args.max_iters, batch_size=args.batch_size, num_workers=args.num_workers,
         threshold=args.threshold, force=args.force, triton_url=args.triton_url,
-        backend_kind=args.backend_kind, keep=args.keep,
+        runtime=Runtime(args.backend_kind) if args.backend_kind else None, keep=args.keep,
     ))
     print(result.verdict)
     if result.published is None:

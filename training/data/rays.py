@@ -31,7 +31,7 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.classes import CLASS_NAMES, IGNORE_INDEX
 from occupancy.data_root import SampleEntry
 from occupancy.errors import InputError
-from occupancy.geometry import camera_to_pixels, invert_rigid, pose_matrix
+from occupancy.geometry import camera_to_pixels
 from training.batch import RayBatch
 from training.data.lidarseg import read_lidarseg
 
@@ -117,12 +117,6 @@ def camera_rays(labels: CameraLabels, intrinsic: np.ndarray, camera2key: np.ndar
     return origins, directions, depth * length, labels.semantics[keep]
 
 
-def frame_ego2global(entry: SampleEntry, camera: str) -> np.ndarray | None:
-    """The ego pose (4 x 4) a camera's image was taken in: its own, else the frame's, else None."""
-    pose = entry["cameras"][camera].get("ego2global") or entry.get("ego2global")
-    return None if pose is None else pose_matrix(**pose)
-
-
 def build_rays(data_root: Path, key: SampleEntry, neighbours: list[SampleEntry],
                image_sizes: dict[str, tuple[int, int]], sampling: RaySampling, rng: np.random.Generator,
                ) -> Rays:
@@ -133,12 +127,16 @@ def build_rays(data_root: Path, key: SampleEntry, neighbours: list[SampleEntry],
         image_sizes: (H, W) of each camera's source image (labels outside it are dropped).
         rng: the sample's generator (so a resumed run draws the same rays).
     """
-    key_ego2global = frame_ego2global(key, CAMERA_NAMES[0])
+    from training.data.dataset import cameras_to_key_ego, key_ego2global  # (imports us)
+
+    key_pose = key_ego2global(key)
     parts = []
     for entry in [key, *neighbours]:
         auxiliary = entry is not key
+        cameras2key = dict(zip(CAMERA_NAMES, cameras_to_key_ego(entry, key_pose).astype(np.float64),
+                               strict=True))
         for name, labels in frame_labels(data_root, entry, image_sizes).items():
-            camera2key = camera_to_key_ego(entry, name, key_ego2global)
+            camera2key = cameras2key[name]
             origins, directions, ranges, semantics = camera_rays(
                 labels, entry["cameras"][name]["intrinsic"], camera2key, sampling.max_depth_m)
             weights = draw_weights(semantics, auxiliary, sampling)
@@ -158,16 +156,6 @@ def build_rays(data_root: Path, key: SampleEntry, neighbours: list[SampleEntry],
 
 def empty_rays() -> Rays:
     return Rays(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
-
-
-def camera_to_key_ego(entry: SampleEntry, camera: str, key_ego2global: np.ndarray | None) -> np.ndarray:
-    """4 x 4 camera -> key ego: inv(key ego2global) @ the camera's ego2global @ sensor2ego. A root without
-    ego poses has only its key frame, whose cameras then map through sensor2ego alone."""
-    sensor2ego = pose_matrix(**entry["cameras"][camera]["sensor2ego"])
-    ego2global = frame_ego2global(entry, camera)
-    if key_ego2global is None or ego2global is None:
-        return sensor2ego
-    return invert_rigid(key_ego2global) @ ego2global @ sensor2ego
 
 
 def frame_labels(data_root: Path, entry: SampleEntry, image_sizes: dict[str, tuple[int, int]],

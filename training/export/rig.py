@@ -78,3 +78,40 @@ def nuscenes_like_batch(input_size: tuple[int, int], batch_size: int = 1, seed: 
         post_trans=torch.tensor(post_tran, dtype=torch.float32).expand(batch_size, NUM_CAMERAS, 3).clone(),
         bda=torch.eye(3).expand(batch_size, 3, 3).clone(),
     )
+
+
+# A drive for temporal models: 2 m and 0.03 rad of yaw per frame (0.5 s at 14 km/h), the cameras exposing
+# 8 ms apart (each with its own ego pose, as nuScenes' do).
+DRIVE_STEP_M, DRIVE_YAW_RAD, CAMERA_DELAY_FRACTION = 2.0, 0.03, 0.016
+
+
+def _ego_pose(time: float) -> np.ndarray:
+    """Ego -> global at `time` frames into the drive, 4 x 4."""
+    yaw = DRIVE_YAW_RAD * time
+    pose = np.eye(4)
+    pose[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+    pose[:3, 3] = (600.0 + DRIVE_STEP_M * time, 1600.0, 0.0)
+    return pose
+
+
+def nuscenes_like_drive(input_size: tuple[int, int], frames: int, seed: int = 0) -> list[CameraBatch]:
+    """`frames` frames of the rig (`nuscenes_like_batch`'s cameras) driving ahead, batch 1. Each frame's
+    `sensor2ego` is its cameras in its key ego (CAM_FRONT_LEFT's ego pose) and `history.sensor2keyego[:, 0]`
+    the previous frame's cameras in that key ego (the frame's own on the first one), composed in float64 as
+    occupancy.geometry.sensor_to_key_ego does; `history.images` is left empty."""
+    from occupancy.geometry import sensor_to_key_ego
+    from training.batch import FrameHistory
+
+    rig = nuscenes_like_batch(input_size, 1, seed)
+    mounts = rig.sensor2ego[0].double().numpy()
+    poses = [np.stack([_ego_pose(f + CAMERA_DELAY_FRACTION * c) for c in range(NUM_CAMERAS)])
+             for f in range(frames)]
+    drive = []
+    for f in range(frames):
+        key = poses[f][0]
+        current = sensor_to_key_ego(mounts, poses[f], key)
+        previous = sensor_to_key_ego(mounts, poses[max(f - 1, 0)], key)
+        history = FrameHistory(torch.zeros(1, 1, 0), torch.tensor(previous, dtype=torch.float32)[None, None])
+        drive.append(CameraBatch(rig.images, rig.intrinsics, torch.tensor(current, dtype=torch.float32)[None],
+                                 rig.post_rots, rig.post_trans, rig.bda, history))
+    return drive

@@ -1,4 +1,4 @@
-"""TensorRT FP16 engines from the exported ONNX model, and their Triton model folder.
+"""TensorRT FP16 engines from the exported ONNX model.
 
 The engine is built with TensorRT's Python API (`tensorrt` 10.x, the `trt` extra): FP16 kernels where
 TensorRT finds them faster, plugins registered before parsing (ScatterElements with a reduction runs
@@ -15,22 +15,12 @@ image that serves it (TRITON_IMAGE ships TENSORRT_VERSION; see model_repository/
 import ctypes
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
-from training.export.triton_config import (
-    PLAN_FILE,
-    ModelSignature,
-    read_signature,
-    tensorrt_config,
-    write_config,
-    write_warmup_sample,
-)
+from training.export.triton_config import ModelSignature, read_signature
 
 # The serving image and the TensorRT it ships; engines must be built with exactly this TensorRT.
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
@@ -84,7 +74,7 @@ def cuda_device_count() -> int:
     return count.value
 
 
-def _require_tensorrt():
+def require_tensorrt():
     """The tensorrt module; one InputError saying what is missing here and how to build elsewhere."""
     missing = []
     try:
@@ -125,7 +115,7 @@ def build_engine(
                    timing_cache=timing_cache)
     print("equivalent trtexec command (FP16; without the FP32 geometry constraints a TensorRT build adds):")
     print("  " + trtexec_command(onnx_path, plan_path, signature, **command))
-    trt = _require_tensorrt()
+    trt = require_tensorrt()
     started = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
     trt.init_libnvinfer_plugins(logger, "")
@@ -199,24 +189,3 @@ def pin_geometry_to_fp32(trt, network) -> tuple[str, ...]:
                 layer.set_output_type(i, trt.float32)
         pinned.append(layer.name)
     return tuple(pinned)
-
-
-def export_tensorrt_model(
-    onnx_path: Path, repository: Path, name: str, version: int, *, timing_cache: Path, max_batch: int = 4,
-    workspace_gb: float = 4.0, warmup_sample: Mapping[str, np.ndarray] | None = None,
-) -> EngineBuild:
-    """Build `repository/<name>/<version>/model.plan` and write `<name>/config.pbtxt` (tensorrt_plan,
-    KIND_GPU, dynamic batching, max_batch_size) with a warm-up request when `warmup_sample` (one frame,
-    arrays without the batch dimension, keyed by input name) is given.
-
-    Keep `timing_cache` outside the repository (e.g. work/trt-timing.cache): it is specific to the GPU
-    and the TensorRT version, and only speeds up rebuilds.
-    """
-    model_dir = repository / name
-    build = build_engine(onnx_path, model_dir / str(version) / PLAN_FILE, max_batch=max_batch,
-                         workspace_gb=workspace_gb, timing_cache=timing_cache)
-    signature = read_signature(onnx_path)
-    if warmup_sample is not None:
-        write_warmup_sample(model_dir, signature, warmup_sample)
-    write_config(model_dir, tensorrt_config(name, signature, max_batch, warmup=warmup_sample is not None))
-    return build

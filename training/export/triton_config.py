@@ -1,17 +1,18 @@
-"""Triton model configurations (`config.pbtxt`) for the exported model, and the CPU python-backend model.
+"""Triton model configurations (`config.pbtxt`) for the exported model.
 
-One writer serves the three ways Triton runs our model: `onnxruntime_onnx` (the ONNX file, CPU or GPU),
-`tensorrt_plan` (an FP16 engine, GPU) and `python` (service/triton_python_backend/model.py running the
-ONNX file with ONNX Runtime on CPU, for a Triton without the onnxruntime backend, such as the one that
-PyPI's nvidia-pytriton bundles). The tensors of every config are read from the ONNX graph itself, so a
-config can never disagree with its model; the ONNX metadata_props (occ.*) are copied into the config's
-`parameters`, so a Triton client learns the grid, classes and input size from `get_model_config`.
+One writer serves the three runtimes (occupancy.model_repository.Runtime) Triton runs our model with:
+`onnxruntime_onnx` (the ONNX file, CPU or GPU), `tensorrt_plan` (an FP16 engine, GPU) and `python`
+(service/triton_python_backend/model.py running the ONNX file with ONNX Runtime on CPU, for a Triton
+without the onnxruntime backend, such as the one that PyPI's nvidia-pytriton bundles). The tensors of
+every config are read from the ONNX graph itself, so a config can never disagree with its model; the
+ONNX metadata_props (occ.*) are copied into the config's `parameters`, so a Triton client learns the
+grid, classes and input size from `get_model_config`.
 
 Shapes in a config leave out the batch dimension (Triton adds it: `max_batch_size` > 0).
 """
 
 import importlib.resources
-import shutil
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,13 @@ import numpy as np
 
 from occupancy import model_contract as contract
 from occupancy.errors import InputError
-
-CONFIG_FILE = "config.pbtxt"
-ONNX_FILE = "model.onnx"
-PLAN_FILE = "model.plan"
-PYTHON_MODEL_FILE = "model.py"
-WARMUP_DIR = "warmup"  # Triton reads model_warmup input_data_file from <model>/warmup/
+from occupancy.model_repository import (
+    ONNX_FILE,
+    PLAN_FILE,
+    PYTHON_MODEL_FILE,
+    TRITON_PLATFORMS,
+    Runtime,
+)
 
 # ONNX TensorProto data type -> (Triton TYPE_*, numpy dtype), for the types our models use.
 _ONNX_TO_TRITON: dict[int, tuple[str, np.dtype]] = {
@@ -158,50 +160,34 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def write_warmup_sample(model_dir: Path, signature: ModelSignature, sample: Mapping[str, np.ndarray]) -> None:
-    """Write one frame (arrays without the batch dimension) as the raw files model_warmup reads."""
-    warmup_dir = model_dir / WARMUP_DIR
-    warmup_dir.mkdir(parents=True, exist_ok=True)
+def write_warmup_sample(directory: Path, signature: ModelSignature, sample: Mapping[str, np.ndarray]) -> None:
+    """Write one frame (arrays without the batch dimension) as the raw files model_warmup reads, into
+    `directory` (published as `<model>/warmup/`)."""
+    directory.mkdir(parents=True, exist_ok=True)
     for spec in signature.inputs:
         if spec.name not in sample:
             raise ValueError(f"warm-up sample lacks input {spec.name!r}")
         array = np.ascontiguousarray(sample[spec.name], dtype=spec.numpy_dtype)
         if -1 not in spec.dims and array.shape != spec.dims:
             raise ValueError(f"warm-up input {spec.name!r} has shape {array.shape}, not {spec.dims}")
-        (warmup_dir / spec.name).write_bytes(array.tobytes())
+        (directory / spec.name).write_bytes(array.tobytes())
 
 
-def write_config(model_dir: Path, config: TritonModelConfig) -> Path:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    path = model_dir / CONFIG_FILE
-    path.write_text(render_config(config))
-    return path
-
-
-def onnxruntime_config(
-    name: str, signature: ModelSignature, max_batch_size: int, gpu: bool
-) -> TritonModelConfig:
-    """Triton's onnxruntime backend running model.onnx."""
-    return TritonModelConfig(name=name, signature=signature, max_batch_size=max_batch_size,
-                             instance_kind="KIND_GPU" if gpu else "KIND_CPU", platform="onnxruntime_onnx",
-                             default_model_filename=ONNX_FILE)
-
-
-def tensorrt_config(
-    name: str, signature: ModelSignature, max_batch_size: int, warmup: bool
-) -> TritonModelConfig:
-    """Triton's TensorRT backend running model.plan; the engine's profile covers batch 1..max_batch_size."""
-    return TritonModelConfig(name=name, signature=signature, max_batch_size=max_batch_size,
-                             instance_kind="KIND_GPU", platform="tensorrt_plan",
-                             default_model_filename=PLAN_FILE, warmup=warmup)
-
-
-def python_backend_config(name: str, signature: ModelSignature, max_batch_size: int,
-                          max_queue_delay_us: int = 2000) -> TritonModelConfig:
-    """Triton's python backend running service/triton_python_backend/model.py on CPU."""
-    return TritonModelConfig(name=name, signature=signature, max_batch_size=max_batch_size,
-                             instance_kind="KIND_CPU", backend="python",
-                             max_queue_delay_us=max_queue_delay_us)
+def triton_config(runtime: Runtime, name: str, signature: ModelSignature, max_batch_size: int, *,
+                  gpu: bool = False, warmup: bool = False, max_queue_delay_us: int = 2000,
+                  ) -> TritonModelConfig:
+    """The config of `name` served by `runtime`: ONNX Runtime on CPU or GPU (`gpu`), a TensorRT engine on
+    GPU (whose profile covers batch 1..max_batch_size, warmed up with <model>/warmup/ when `warmup`), or
+    the python backend on CPU."""
+    key, value = TRITON_PLATFORMS[runtime]
+    return TritonModelConfig(
+        name=name, signature=signature, max_batch_size=max_batch_size,
+        instance_kind="KIND_GPU" if runtime is Runtime.TENSORRT or (gpu and runtime is Runtime.ONNXRUNTIME)
+        else "KIND_CPU",
+        platform=value if key == "platform" else None, backend=value if key == "backend" else None,
+        default_model_filename={Runtime.ONNXRUNTIME: ONNX_FILE, Runtime.TENSORRT: PLAN_FILE}.get(runtime),
+        max_queue_delay_us=max_queue_delay_us, warmup=warmup and runtime is Runtime.TENSORRT,
+    )
 
 
 def python_backend_source() -> Path:
@@ -209,28 +195,15 @@ def python_backend_source() -> Path:
     return Path(str(importlib.resources.files("service") / "triton_python_backend" / PYTHON_MODEL_FILE))
 
 
-def write_python_backend_model(
-    repository: Path, name: str, onnx_path: Path, *, version: int = 1, max_batch_size: int = 8,
-    max_queue_delay_us: int = 2000,
-) -> Path:
-    """Write `repository/<name>/config.pbtxt` and `<version>/model.py` + `model.onnx`: the CPU model that
-    a Triton with only the python backend serves. Returns the model directory."""
-    signature = read_signature(onnx_path)
-    _check_contract(signature, onnx_path)
-    model_dir = repository / name
-    version_dir = model_dir / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(python_backend_source(), version_dir / PYTHON_MODEL_FILE)
-    if onnx_path.resolve() != (version_dir / ONNX_FILE).resolve():
-        shutil.copyfile(onnx_path, version_dir / ONNX_FILE)
-    write_config(model_dir, python_backend_config(name, signature, max_batch_size, max_queue_delay_us))
-    return model_dir
-
-
-def _check_contract(signature: ModelSignature, onnx_path: Path) -> None:
-    """The model must have the inputs and output of occupancy.model_contract: the gateway sends those."""
+def check_contract(signature: ModelSignature, onnx_path: Path) -> None:
+    """The model must have the inputs and outputs of occupancy.model_contract (a temporal model's state too):
+    the gateway sends and reads those."""
+    temporal = json.loads(signature.metadata.get(contract.META_TEMPORAL, "false")) is True
+    inputs = contract.INPUT_NAMES + (contract.TEMPORAL_INPUT_NAMES if temporal else ())
+    outputs = (contract.SEMANTICS, *(map(contract.next_state, contract.STATE_NAMES) if temporal else ()))
     names = {spec.name for spec in signature.inputs}
-    missing = [name for name in contract.INPUT_NAMES if name not in names]
-    if missing or contract.SEMANTICS not in {spec.name for spec in signature.outputs}:
+    missing = [name for name in inputs if name not in names]
+    missing_outputs = [name for name in outputs if name not in {spec.name for spec in signature.outputs}]
+    if missing or missing_outputs:
         raise InputError(f"{onnx_path}: not an occupancy model (inputs {sorted(names)}; "
-                         f"expected {list(contract.INPUT_NAMES)} and output {contract.SEMANTICS!r})")
+                         f"expected {list(inputs)} and outputs {list(outputs)})")

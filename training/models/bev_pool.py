@@ -14,34 +14,39 @@ Three formulations of the same sum, each `(depth, feat, cell, num_cells) -> num_
 - `sum_sorted_prefix`, exported for ONNX Runtime: sort the points by cell (TopK), prefix-sum the
   sorted rows and take differences at the cell boundaries; 2-3x faster there, but TensorRT imports
   neither a TopK over 371k elements nor float64.
-`export_target(...)` picks what `bev_pool` exports; benchmarks/bev_pool_results.md has the numbers.
+`export_target(runtime)` picks what `bev_pool` exports for a runtime (occupancy.model_repository.Runtime:
+TensorRT, or ONNX Runtime in-process or in Triton's python backend), and `onnx_export_target()` tells
+other runtime-specific formulations (the heads' Softplus) which one is in progress;
+benchmarks/bev_pool_results.md has the numbers.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-ExportTarget = Literal["onnxruntime", "tensorrt"]
-EXPORT_TARGETS: tuple[ExportTarget, ...] = ("onnxruntime", "tensorrt")
-_export_target: ContextVar[ExportTarget] = ContextVar("bev_pool_export_target", default="onnxruntime")
+from occupancy.model_repository import Runtime
+
+_export_target: ContextVar[Runtime] = ContextVar("bev_pool_export_target", default=Runtime.ONNXRUNTIME)
 # Rows per block of the two-level prefix sum (see sum_sorted_prefix).
 PREFIX_BLOCK = 128
 
 
 @contextmanager
-def export_target(target: ExportTarget) -> Iterator[None]:
-    """Within this block, ONNX exports of `bev_pool` use the formulation suited to `target`."""
-    if target not in EXPORT_TARGETS:
-        raise ValueError(f"export target {target!r}: expected one of {', '.join(EXPORT_TARGETS)}")
-    token = _export_target.set(target)
+def export_target(runtime: Runtime) -> Iterator[None]:
+    """Within this block, ONNX exports of `bev_pool` use the formulation suited to `runtime`."""
+    token = _export_target.set(Runtime(runtime).graph)
     try:
         yield
     finally:
         _export_target.reset(token)
+
+
+def onnx_export_target() -> Runtime | None:
+    """The runtime the ONNX export in progress is for (its graph flavour); None outside an export."""
+    return _export_target.get() if torch.onnx.is_in_onnx_export() else None
 
 
 def flat_cells(voxel_index: Tensor, grid_shape: tuple[int, int, int]) -> tuple[Tensor, int | Tensor]:
@@ -140,11 +145,7 @@ def bev_pool(depth: Tensor, feat: Tensor, voxel_index: Tensor, grid_shape: tuple
     channels = feat.shape[2]
     size_x, size_y, size_z = grid_shape
     cell, cells = flat_cells(voxel_index, grid_shape)
-    if not torch.onnx.is_in_onnx_export():
-        pool = sum_index_add
-    elif _export_target.get() == "tensorrt":
-        pool = sum_scatter_elements
-    else:
-        pool = sum_sorted_prefix
+    pool = {None: sum_index_add, Runtime.TENSORRT: sum_scatter_elements,
+            Runtime.ONNXRUNTIME: sum_sorted_prefix}[onnx_export_target()]
     pooled = pool(depth, feat, cell, cells).view(batch, -1, channels)[:, :-1]
     return pooled.reshape(batch, size_z, size_y, size_x, channels).permute(0, 4, 1, 2, 3).contiguous()

@@ -17,6 +17,22 @@ OCC3D_CLASS_FREQUENCIES: tuple[int, ...] = (
 )
 
 
+# The seed's and RenderOcc's `nusc_class_frequencies` (their "CVPR workshop" counts, another list than
+# FlashOCC's): the class weights of their RenderOcc heads' `semantic_loss` and rendering head.
+RENDEROCC_CLASS_FREQUENCIES: tuple[int, ...] = (
+    1163161, 2309034, 188743, 2997643, 20317180, 852476, 243808, 2457947, 497017,
+    2731022, 7224789, 214411435, 5565043, 63191967, 76098082, 128860031, 141625221, 2307405309,
+)
+
+
+def renderocc_class_weights(normalised: bool) -> Tensor:
+    """The 17 non-free classes' 1 / log(frequency + 0.001) of RenderOcc's list, float32; RenderOcc2D divides
+    them by their sum (seed mmdet3d/models/detectors/render_occ.py:41-47, 218-226)."""
+    frequencies = torch.tensor(RENDEROCC_CLASS_FREQUENCIES[:17], dtype=torch.float64)
+    weights = (1.0 / torch.log(frequencies + 0.001)).float()
+    return weights / weights.sum() if normalised else weights
+
+
 def occ3d_class_weights(num_classes: int = 18) -> Tensor:
     """Per-class weights 1 / log(frequency + 0.001), float32 (0.072 for `others` ... 0.047 for `free`)."""
     frequencies = torch.tensor(OCC3D_CLASS_FREQUENCIES[:num_classes], dtype=torch.float64)

@@ -9,7 +9,7 @@ Tokens are B x L x C with L = H * W in row-major order; feature maps returned ar
 Stage i runs at stride patch_size * 2**i with embed_dims * 2**i channels (before its downsample).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +259,23 @@ def _tokens_to_map(x: Tensor, hw_shape: tuple[int, int]) -> Tensor:
     return x.view(x.shape[0], hw_shape[0], hw_shape[1], x.shape[2]).permute(0, 3, 1, 2).contiguous()
 
 
+# Official neighbour k (0: row 0 col 0, 1: row 1 col 0, 2: row 0 col 1, 3: row 1 col 1) for each
+# position p = 2 * row + col of nn.Unfold's order.
+_OFFICIAL_NEIGHBOUR = [0, 2, 1, 3]
+
+
+def _unfold_order_columns(weight: Tensor) -> Tensor:
+    """out x 4C reduction weight: official column k*C + c -> unfold column c*4 + p."""
+    out_channels, in_channels = weight.shape
+    grouped = weight.reshape(out_channels, 4, in_channels // 4)[:, _OFFICIAL_NEIGHBOUR]
+    return grouped.transpose(1, 2).reshape(out_channels, in_channels)
+
+
+def _unfold_order_entries(vector: Tensor) -> Tensor:
+    """4C norm weight or bias: official entry k*C + c -> unfold entry c*4 + p."""
+    return vector.reshape(4, -1)[_OFFICIAL_NEIGHBOUR].transpose(0, 1).reshape(-1)
+
+
 class SwinTransformer(nn.Module):
     """BEVDet's Swin Transformer backbone (no absolute position embedding: the reference configs turn it off).
 
@@ -303,7 +320,8 @@ class SwinTransformer(nn.Module):
 
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size, patch_norm)
         self.drop_after_pos = nn.Dropout(drop_rate)
-        block_drop_path = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        # On the CPU whatever the default device: the rates are Python numbers (also under the meta device).
+        block_drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         for i, depth in enumerate(depths):
             dims = self.num_features[i]
@@ -325,6 +343,36 @@ class SwinTransformer(nn.Module):
 
         self._init_weights()
         self._freeze_stages()
+
+    @staticmethod
+    def imagenet_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """An official ImageNet Swin checkpoint (microsoft/Swin-Transformer layout: `patch_embed.proj`,
+        `layers.i.blocks.j.attn.*`, `mlp.fc1/fc2`, `layers.i.downsample.*`, `norm`, `head`) in our (the
+        reference's mmseg) names, as BEVDet's `swin_convert` (FlashOCC backbones/swin.py) does it:
+
+        - `layers.` -> `stages.`; `attn.` -> `attn.w_msa.`; `mlp.fc1.` -> `ffn.layers.0.0.`, `mlp.fc2.` ->
+          `ffn.layers.1.`; `patch_embed.proj.` -> `patch_embed.projection.`;
+        - `downsample.reduction.weight` columns and `downsample.norm.*` entries reordered from the official
+          concatenation (x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]) to nn.Unfold's order;
+        - `head.*` dropped. The official final `norm.*` and shifted blocks' `attn_mask` buffers have no
+          counterpart here (our outputs have one norm per out index) and stay under their names, for the
+          loader to report as unexpected; our `norm{i}` are missing from ImageNet checkpoints.
+        """
+        converted = {}
+        for key, value in state.items():
+            if key.startswith("head."):
+                continue
+            if key.startswith("layers."):
+                if "downsample.reduction." in key:
+                    value = _unfold_order_columns(value)
+                elif "downsample.norm." in key:
+                    value = _unfold_order_entries(value)
+                key = (key.replace("attn.", "attn.w_msa.").replace("mlp.fc1.", "ffn.layers.0.0.")
+                       .replace("mlp.fc2.", "ffn.layers.1.").replace("layers.", "stages.", 1))
+            elif key.startswith("patch_embed.proj."):
+                key = key.replace("patch_embed.proj.", "patch_embed.projection.", 1)
+            converted[key] = value
+        return converted
 
     def _init_weights(self) -> None:
         """The reference's initialisation without pretrained weights (truncated normal, std 0.02)."""
@@ -374,3 +422,4 @@ class SwinTransformer(nn.Module):
             if i in self.out_indices:
                 outs.append(_tokens_to_map(getattr(self, f"norm{i}")(out), out_hw_shape))
         return outs
+

@@ -78,12 +78,12 @@ def _multiply_add_rows(matrix: Tensor, vector: Tensor) -> Tensor:
     return torch.stack([row[..., 0] * x + row[..., 1] * y + row[..., 2] * z for row in matrix.unbind(-2)], -1)
 
 
-def _transform(matrix: Tensor, points: Tensor) -> Tensor:
+def transform(matrix: Tensor, points: Tensor) -> Tensor:
     """Applies B x N x 3 x 3 matrices to B x N x D x H x W x 3 points."""
     return _multiply_add_rows(matrix[:, :, None, None, None], points)
 
 
-def _matmul_3x3(a: Tensor, b: Tensor) -> Tensor:
+def matmul_3x3(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for ... x 3 x 3 matrices, column by column in the same exportable multiply-adds."""
     return torch.stack([_multiply_add_rows(a, column) for column in b.unbind(-1)], -1)
 
@@ -99,23 +99,18 @@ def downsample_gt_depth(gt_depth: Tensor, downsample: int) -> Tensor:
     return torch.where(torch.isinf(nearest), torch.zeros_like(nearest), nearest)
 
 
-def depth_bin_targets(depth: Tensor, depth_bins: DepthBins, sid: bool = False) -> Tensor:
+def depth_bin_targets(depth: Tensor, depth_bins: DepthBins) -> Tensor:
     """One-hot depth bins ... x D (float) of depths ... in metres; all zeros where the depth is 0 or
     outside the bins. Bin i covers [d_i, d_i + step) with d_i the frustum's i-th depth, the
     reference's `(d - (lower - step)) / step` truncated, with bin 0 of its D + 1 dropped."""
     count = depth_bins.count
-    if sid:
-        ratio = torch.log(torch.tensor((depth_bins.upper - 1) / depth_bins.lower))
-        position = torch.log(depth / depth_bins.lower) * (count - 1) / ratio + 1
-    else:
-        position = (depth - (depth_bins.lower - depth_bins.step)) / depth_bins.step
-    valid = (position >= 1) & (position < count + 1)  # log(0) = -inf under sid fails too
+    position = (depth - (depth_bins.lower - depth_bins.step)) / depth_bins.step
+    valid = (position >= 1) & (position < count + 1)
     index = torch.where(valid, position, torch.zeros_like(position)).long()
     return F.one_hot(index, count + 1)[..., 1:].float()
 
 
-def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsample: int, sid: bool = False,
-               ) -> Tensor:
+def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsample: int) -> Tensor:
     """BEVDepth's `get_depth_loss` without its weight: binary cross-entropy between the predicted
     depth probabilities and the one-hot bins of the nearest point, summed over bins and averaged
     over the feature pixels that have a target (pixels without one give no gradient).
@@ -124,13 +119,20 @@ def depth_loss(depth: Tensor, gt_depth: Tensor, depth_bins: DepthBins, downsampl
         depth: B x N x D x fH x fW softmax probabilities (the view transformer's second output).
         gt_depth: B x N x H x W depths at input resolution, metres along the optical axis, 0 = no point.
     """
-    target = depth_bin_targets(downsample_gt_depth(gt_depth, downsample), depth_bins, sid)  # B N fH fW D
+    target = depth_bin_targets(downsample_gt_depth(gt_depth, downsample), depth_bins)  # B N fH fW D
     prediction = depth.float().permute(0, 1, 3, 4, 2)
     foreground = target.amax(-1) > 0
     # BCE on probabilities is unsafe under autocast; it runs in fp32.
     with torch.autocast(depth.device.type, enabled=False):
         loss = F.binary_cross_entropy(prediction[foreground], target[foreground], reduction="sum")
     return loss / foreground.sum().clamp(min=1)
+
+
+def depth_probabilities(logits: Tensor) -> Tensor:
+    """Softmax over the depth bins (dim 1), in fp32 under autocast: bf16 rounds a confident bin to exactly
+    1 (the others to 0), and the depth loss's BCE gradient then divides by its 1e-12 floor: a bf16 CPU
+    run blew up at iteration 700."""
+    return logits.float().softmax(dim=1)
 
 
 class LSSViewTransformer(nn.Module):
@@ -146,7 +148,6 @@ class LSSViewTransformer(nn.Module):
         out_channels: C, channels of the BEV features per height slice.
         collapse_z: stack the Z slices into channels (B x Z*C x Y x X) instead of returning
             B x C x Z x Y x X.
-        sid: spacing-increasing depth discretisation (STS) instead of uniform bins.
     """
 
     def __init__(
@@ -158,14 +159,13 @@ class LSSViewTransformer(nn.Module):
         in_channels: int = 256,
         out_channels: int = 64,
         collapse_z: bool = True,
-        sid: bool = False,
+        depth_net: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.grid_shape = grid.shape
         self.downsample = downsample
         self.out_channels = out_channels
         self.collapse_z = collapse_z
-        self.sid = sid
         self.depth_bins = depth_bins
         self.D = depth_bins.count
         # Not in the state dict: the reference keeps these as plain attributes.
@@ -174,8 +174,8 @@ class LSSViewTransformer(nn.Module):
         self.register_buffer("grid_interval", torch.tensor(interval), persistent=False)
         frustum = self.create_frustum(depth_bins, input_size, downsample)
         self.register_buffer("frustum", frustum, persistent=False)
-        # One 1x1 conv: the first D output channels are depth logits, the next C the context feature.
-        self.depth_net = nn.Conv2d(in_channels, self.D + out_channels, kernel_size=1, padding=0)
+        # LSS: one 1x1 conv whose first D output channels are depth logits, the next C the context feature.
+        self.depth_net = depth_net or nn.Conv2d(in_channels, self.D + out_channels, kernel_size=1, padding=0)
 
     def create_frustum(self, depth_bins: DepthBins, input_size: tuple[int, int], downsample: int) -> Tensor:
         """D x fH x fW x 3 points (u, v, d): input-image pixel coordinates and depth in metres.
@@ -186,10 +186,6 @@ class LSSViewTransformer(nn.Module):
         height, width = input_size
         feat_h, feat_w = height // downsample, width // downsample
         depths = torch.arange(depth_bins.lower, depth_bins.upper, depth_bins.step, dtype=torch.float)
-        if self.sid:
-            index = torch.arange(len(depths), dtype=torch.float)
-            ratio = torch.log(torch.tensor((depth_bins.upper - 1) / depth_bins.lower))
-            depths = depth_bins.lower * torch.exp(index / (len(depths) - 1) * ratio)
         d = depths.view(-1, 1, 1).expand(-1, feat_h, feat_w)
         u = torch.linspace(0, width - 1, feat_w).view(1, 1, feat_w).expand_as(d)
         v = torch.linspace(0, height - 1, feat_h).view(1, feat_h, 1).expand_as(d)
@@ -202,12 +198,12 @@ class LSSViewTransformer(nn.Module):
         """
         # input pixels -> source pixels: undo resize/crop/flip/rotation; d is unchanged.
         points = self.frustum - batch.post_trans[:, :, None, None, None, :]
-        points = _transform(inverse_3x3(batch.post_rots), points)
+        points = transform(inverse_3x3(batch.post_rots), points)
         # (u, v, d) -> (u d, v d, d), then camera rays scaled by depth -> ego.
         points = torch.cat((points[..., :2] * points[..., 2:3], points[..., 2:3]), -1)
-        ego_T_pixel = _matmul_3x3(batch.sensor2ego[..., :3, :3], inverse_3x3(batch.intrinsics))
-        points = _transform(ego_T_pixel, points) + batch.sensor2ego[:, :, None, None, None, :3, 3]
-        return _transform(batch.bda[:, None].expand_as(batch.post_rots), points)
+        ego_T_pixel = matmul_3x3(batch.sensor2ego[..., :3, :3], inverse_3x3(batch.intrinsics))
+        points = transform(ego_T_pixel, points) + batch.sensor2ego[:, :, None, None, None, :3, 3]
+        return transform(batch.bda[:, None].expand_as(batch.post_rots), points)
 
     def voxel_index(self, points: Tensor) -> Tensor:
         """Integer (x, y, z) cell of each ego point, ... x 3 int64.
@@ -231,16 +227,23 @@ class LSSViewTransformer(nn.Module):
         """
         b, n, c_in, feat_h, feat_w = image_feats.shape
         x = self.depth_net(image_feats.reshape(b * n, c_in, feat_h, feat_w))
-        # fp32 under autocast: bf16 rounds a confident bin to exactly 1 (the others to 0), and the depth
-        # loss's BCE gradient then divides by its 1e-12 floor: a bf16 CPU run blew up at iteration 700.
-        depth = x[:, : self.D].float().softmax(dim=1).view(b, n, self.D, feat_h, feat_w)
+        depth = depth_probabilities(x[:, : self.D]).view(b, n, self.D, feat_h, feat_w)
         context = x[:, self.D : self.D + self.out_channels].view(b, n, self.out_channels, feat_h, feat_w)
-        voxel_index = self.voxel_index(self.ego_points(batch))
+        return self.splat(depth, context, batch), depth
+
+    def splat(self, depth: Tensor, context: Tensor, geometry: CameraBatch) -> Tensor:
+        """Pools depth (B x N x D x fH x fW) times context (B x N x C x fH x fW) into the grid, with the
+        frustum placed by `geometry` (its `sensor2ego` says where the cameras sit in the BEV's ego frame).
+
+        Returns B x Z*C x Y x X with `collapse_z` (Z-major channel order: slice z holds channels
+        z*C .. z*C+C-1), else B x C x Z x Y x X.
+        """
+        voxel_index = self.voxel_index(self.ego_points(geometry))
         bev_feat = bev_pool(depth, context, voxel_index, self.grid_shape)  # B x C x Z x Y x X
         if self.collapse_z:
             bev_feat = bev_feat.permute(0, 2, 1, 3, 4).flatten(1, 2)
-        return bev_feat, depth
+        return bev_feat
 
     def get_depth_loss(self, gt_depth: Tensor, depth: Tensor) -> Tensor:
         """`depth_loss` of `forward`'s depth against B x N x H x W input-resolution depths (0 = none)."""
-        return depth_loss(depth, gt_depth, self.depth_bins, self.downsample, self.sid)
+        return depth_loss(depth, gt_depth, self.depth_bins, self.downsample)

@@ -64,3 +64,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-models" (include "occupancy.triton.fullname" .)) .Values.triton.modelRepository.pvc.existingClaim }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the Secret holding Triton's model-control key (OCC_TRITON_KEY). */}}
+{{- define "occupancy.triton.keySecretName" -}}
+{{- default (printf "%s-key" (include "occupancy.triton.fullname" .)) .Values.triton.restrictedKey.existingSecret }}
+{{- end }}
+
+{{/* The environment variable OCC_TRITON_KEY from that Secret, for the gateway and Triton containers. */}}
+{{- define "occupancy.triton.keyEnv" -}}
+- name: OCC_TRITON_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "occupancy.triton.keySecretName" . }}
+      key: OCC_TRITON_KEY
+{{- end }}
+
+{{/*
+A value for the gateway's checksum/secret annotation that changes when its API keys change and reveals
+nothing about them: SHA-256 of a random salt and the keys. The salt lives in the gateway Secret's
+annotation and is read back (lookup) on upgrades; on a first install, or where the cluster cannot be
+read (helm template), the value is random.
+*/}}
+{{- define "occupancy.gateway.secretChecksum" -}}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (include "occupancy.gateway.fullname" .) }}
+{{- $salt := dig "metadata" "annotations" "occupancy/checksum-salt" "" $live }}
+{{- if $salt }}
+{{- printf "%s:%s" $salt (join "," .Values.gateway.apiKeys) | sha256sum }}
+{{- else }}
+{{- randAlphaNum 64 | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* Triton's restriction: the protocols (occupancy/triton_access.py RESTRICTED_PROTOCOLS), header and key. */}}
+{{- define "occupancy.triton.restricted" -}}
+model-repository,model-config,shared-memory,statistics,trace,logging:occ-triton-key=$(OCC_TRITON_KEY)
+{{- end }}

@@ -1,10 +1,11 @@
 """Liveness, readiness and Prometheus metrics: open even where API keys are configured."""
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import StateDep
 from service.api.schemas import Detail
+from service.core.errors import ErrorKind, GatewayError
 
 router = APIRouter(tags=["operations"])
 
@@ -16,13 +17,11 @@ async def healthz() -> Detail:
 
 
 @router.get("/readyz", response_model=Detail, responses={503: {"model": Detail}})
-async def readyz(state: StateDep, response: Response) -> Detail:
+async def readyz(state: StateDep) -> Detail:
     """A model is loaded and the backend answers; 503 otherwise."""
     if state.backend.models and await state.backend.ready():
         return Detail(detail="ready")
-    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    response.headers["Retry-After"] = str(state.settings.retry_after_s)
-    return Detail(detail="backend: no model loaded or the backend does not answer")
+    raise GatewayError(ErrorKind.UNAVAILABLE, "backend: no model loaded or the backend does not answer")
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})

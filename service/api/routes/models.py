@@ -18,6 +18,7 @@ async def list_models(state: StateDep) -> ModelsResponse:
                 name=model.name, version=model.version, versions=list(model.versions), config=model.config,
                 input_size=list(model.input_size), temporal=model.temporal, backend=state.backend.kind,
                 default=model.name == state.default_model,
+                state_bytes=model.state_bytes if model.temporal else None, frame_gap_s=model.frame_gap_s,
             )
             for model in state.backend.models.values()
         ],
