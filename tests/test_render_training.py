@@ -167,7 +167,7 @@ def test_supervision_2d_trains_a_config_without_a_rendering_head(data_root, tmp_
         run(data_root, tmp_path / "work", MICRO_CONFIG.name, 4, resume=True, supervision="3d")
 
 
-def test_supervision_2d_makes_an_argmax_density_head_decide_by_threshold():
+def test_supervision_2d_makes_an_argmax_render_occ_head_decide_by_threshold():
     argmax_head = replace(MICRO_2D, render_occ=RenderOccHeadConfig(), nerf_head=None,
                           recipe=MICRO_CONFIG.recipe)
     assert training.with_supervision(argmax_head, "3d+2d").render_occ.test_threshold is None
