@@ -9,7 +9,7 @@ entries ordered by scene name then time. Paths inside an entry are relative to t
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -39,6 +39,8 @@ class LidarEntry(TypedDict):
     path: str  # a `.pcd.bin` sweep: float32 rows x, y, z, intensity, ring
     sensor2ego: PoseEntry
     ego2global: PoseEntry
+    lidarseg_path: NotRequired[str]  # nuScenes-lidarseg labels of the sweep: one uint8 category per point
+    lidarseg_classes: NotRequired[list[int]]  # Occ3D class per lidarseg category index, 255 = dropped
 
 
 class SampleEntry(TypedDict, total=False):

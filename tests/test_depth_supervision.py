@@ -204,7 +204,7 @@ def test_depth_loss_ignores_pixels_without_depth():
 def test_configs_weight_depth_in_the_demos_and_the_stereo_configs_only():
     """The single-frame reference configs have no depth loss; BEVStereo4D's has weight 0.05
     (`loss_depth_weight` of every 4D-Stereo config); the demos take BEVDepth's 3."""
-    demos = {"demo-tiny", "demo-tiny-4d-stereo"}
+    demos = {"demo-tiny", "demo-tiny-2d", "demo-tiny-4d-stereo"}
     assert all(CONFIGS[name].depth_loss_weight == 3.0 for name in demos)
     for name, config in CONFIGS.items():
         if name not in demos:

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,26 @@ from test_triton_config import assert_matches_onnx, parse_config
 
 from occ.cli import main
 from occupancy import model_contract as contract
-from occupancy.classes import CLASS_NAMES
+from occupancy.classes import CLASS_NAMES, FREE_CLASS
 from occupancy.errors import InputError
 from occupancy.model_repository import Runtime
 from service.backends.base import ServedModel
 from training.export import artifact as export_artifact_module
 from training.export.artifact import EngineOptions, export_artifact
-from training.export.onnx_export import ExportModel, Parity, check_parity, export_onnx, sample_inputs
+from training.export.onnx_export import (
+    ExportModel,
+    Parity,
+    check_parity,
+    check_sequence_parity,
+    contract_batch,
+    export_onnx,
+    sample_inputs,
+    sequence_inputs,
+    state_tensors,
+)
 from training.export.tensorrt import cuda_device_count
 from training.models.checkpoint import load_model, save_checkpoint
-from training.models.configs import build_model, get_config
+from training.models.configs import CONFIGS, build_model, get_config
 from training.publish import publish
 
 # Standard ONNX operators that TensorRT 10 imports (ScatterElements with a reduction through its built-in
@@ -271,3 +282,32 @@ def test_flashocc_r50_full_size_export_passes_parity(tmp_path):
     assert any(m.startswith("parity ok") for m in messages)
     assert parse_config(tmp_path / "repo" / name / "config.pbtxt").platform == "onnxruntime_onnx"
     assert (version_dir / "model.onnx").stat().st_size > 100 * 2**20  # the weights are inside
+
+
+def test_a_render_occ_head_exports_its_own_test_time_rule(tmp_path):
+    """demo-tiny-2d (single frame) and the M5 head on the micro BEVStereo4D: the graph's ArgMax takes the
+    head's scores, so the served classes are its rule (density threshold or argmax: free where it says
+    so), and parity compares those scores."""
+    from tiny_dataset import MICRO_TEMPORAL_CONFIG
+
+    config = get_config("demo-tiny-2d")
+    model = input_sensitive_model(config.name)
+    inputs = sample_inputs(config)
+    batch = contract_batch(*(torch.from_numpy(inputs[name]) for name in contract.INPUT_NAMES))
+    with torch.no_grad():  # a threshold that an untrained head's densities straddle
+        model.occ_head.test_threshold = float(model(batch).density[..., 0].median())
+        expected = model.predict(batch).numpy()
+    path = export_onnx(model, config, tmp_path / "2d.onnx")
+    parity = check_parity(model, path, inputs)
+    assert parity.ok, parity.summary()
+    served = _run(path, inputs)
+    assert (served == expected).mean() > 0.999 and 0.2 < (served == FREE_CLASS).mean() < 0.8
+    temporal = replace(MICRO_TEMPORAL_CONFIG, render_occ=CONFIGS["flashocc-renderocc-r50-4d-stereo-256x704"]
+                       .render_occ)
+    torch.manual_seed(0)
+    model = amplified(build_model(temporal).eval())
+    path = export_onnx(model, temporal, tmp_path / "4d.onnx")
+    frames = sequence_inputs(temporal, state_tensors(model, temporal))
+    sequence = check_sequence_parity(model, path, frames)
+    assert sequence.ok, sequence.summary()
+    assert 0.05 < (_run(path, frames[0]) == FREE_CLASS).mean() < 0.95  # the seed's rule, free included

@@ -401,7 +401,9 @@ def test_aavt_is_the_test_path_only():
 # --- the RenderOcc heads -----------------------------------------------------------------------------
 def _render_occ_model(name: str, **head):
     """The micro network (2D, channel-to-height) with the named config's RenderOcc head settings."""
-    return _built(replace(MICRO_TEMPORAL_CONFIG, render_occ=replace(CONFIGS[name].render_occ, **head)))
+    named = CONFIGS[name]
+    return _built(replace(MICRO_TEMPORAL_CONFIG, render_occ=replace(named.render_occ, **head),
+                          nerf_head=named.nerf_head))
 
 
 def test_render_occ_rule_occupied_where_the_occupied_score_wins_ties_included():
@@ -465,7 +467,7 @@ def test_reference_temporal_state_dicts_hold_the_references_modules_and_buffers(
              "img_bev_encoder_backbone", "img_bev_encoder_neck"}
     heads = ({"final_conv", "density_mlp", "semantic_mlp", "semantic_loss"} if config.render_occ
              else {"occ_head"})
-    if config.render_occ and config.render_occ.nerf_head:
+    if config.nerf_head:
         heads.add("nerf_head")
     assert {key.split(".")[0] for key in state} == trunk | heads
     depth_net = "img_view_transformer.depth_net."
@@ -482,7 +484,7 @@ def test_reference_temporal_state_dicts_hold_the_references_modules_and_buffers(
     if config.render_occ:
         assert state["semantic_loss.weight"] == [17]
         nerf = {key: shape for key, shape in state.items() if key.startswith("nerf_head.")}
-        assert nerf == (NERF_HEAD_BUFFERS if config.render_occ.nerf_head else {})
+        assert nerf == (NERF_HEAD_BUFFERS if config.nerf_head else {})
 
 
 def test_nerf_head_buffers_hold_the_references_values():

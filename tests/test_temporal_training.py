@@ -111,9 +111,3 @@ def test_occ_models_lists_the_temporal_configs_and_their_reference_layout(capsys
 def test_temporal_configs_survive_the_checkpoints_stored_values():
     for config in CONFIGS.values():
         assert config_from_dict(config_to_dict(config)) == config, config.name
-
-
-def test_exporting_a_temporal_config_is_a_one_line_error(tmp_path, capsys):
-    assert main(["export", "--config", "flashocc-r50-4d-stereo-256x704", "--repository", str(tmp_path)]) != 0
-    error = capsys.readouterr().err.strip()
-    assert "temporal (4D) model" in error and len(error.splitlines()) == 1

@@ -18,6 +18,8 @@ from occupancy.cameras import CAMERA_NAMES
 from occupancy.data_root import labels_path, write_index
 from occupancy.geometry import matrix_to_quaternion
 from training.data.augment import AugmentConfig
+from training.data.prepare import build_index, write_indexes
+from training.data.synth.generate import SynthConfig, generate
 from training.models.bev_encoder import FPN_LSS  # noqa: F401  (the configs module needs the models package)
 from training.models.configs import BevEncoder2DConfig, ModelConfig, ResNetConfig, TemporalConfig
 from training.models.view_transformer import DepthBins, VoxelGridConfig
@@ -122,6 +124,15 @@ def write_labels(path: Path, semantics: np.ndarray, mask_camera: np.ndarray) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, semantics=semantics.astype(np.uint8), mask_lidar=mask_camera.astype(np.uint8),
                         mask_camera=mask_camera.astype(np.uint8))
+
+
+def write_synthetic_scene(root: Path, seed: int) -> Path:
+    """One scene of four keyframes of the synthetic world (small images, its 2D labels), indexed as
+    `occ prepare` does (all frames in the train split); returns root."""
+    config = SynthConfig(scenes=1, frames=4, seed=seed, val_scenes=0, image_size=(90, 160), ray_scale=2)
+    generate(root, config, progress=False)
+    write_indexes(root, "v1.0-trainval", build_index(root, progress=False))
+    return root
 
 
 def record_initial_weights(monkeypatch) -> list[dict[str, torch.Tensor]]:

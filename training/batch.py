@@ -54,3 +54,20 @@ class OccupancyTargets:
     def to(self, device: torch.device | str) -> "OccupancyTargets":
         gt_depth = None if self.gt_depth is None else self.gt_depth.to(device)
         return OccupancyTargets(self.semantics.to(device), self.mask_camera.to(device), gt_depth)
+
+
+@dataclass
+class RayBatch:
+    """Camera rays with 2D labels for rendering supervision, R per sample (padded: depth 0 = no ray).
+
+    Rays live in the un-augmented ego frame of the key frame; the BEV augmentation reaches them through
+    the camera batch's `bda`.
+    """
+
+    origins: Tensor  # B x R x 3 metres
+    directions: Tensor  # B x R x 3 unit vectors
+    depth: Tensor  # B x R metres along the ray to the labelled surface (range, not optical z); 0 = padding
+    semantics: Tensor  # B x R int64 Occ3D class of the surface, IGNORE_INDEX where unlabelled
+
+    def to(self, device: torch.device | str) -> "RayBatch":
+        return RayBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

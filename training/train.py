@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from occupancy.errors import InputError
 from training.data.dataset import OccupancyDataset, SampleBatch, collate
+from training.data.rays import label_source
 from training.models.checkpoint import (
     CHECKPOINT_FORMAT,
     checkpoint_config,
@@ -45,7 +46,9 @@ from training.models.checkpoint import (
     read_checkpoint,
 )
 from training.models.configs import ModelConfig, build_model, config_to_dict, get_config
+from training.models.nerf_head import nerf_head_config
 from training.models.pretrained import BACKBONE, load_pretrained_backbone
+from training.models.render_occ_head import RENDEROCC_TEST_THRESHOLD
 from training.recipe import TrainRecipe
 
 log = logging.getLogger("occ.train")
@@ -73,6 +76,7 @@ class TrainOptions:
     grad_checkpointing: bool = False
     fp32: bool = False  # no autocast, whatever the recipe says
     amp: bool = False  # autocast (bf16 where the device has it, else fp16), whatever the recipe says
+    supervision: str | None = None  # one of training/recipe.py SUPERVISIONS; None: the recipe's
     log_interval: int = 10
     progress: bool = True  # tqdm bar on rank 0
 
@@ -193,13 +197,16 @@ class Trainer:
     grad_max_norm: float
     device: torch.device
     depth_loss_weight: float = 0.0  # the config's; > 0 adds the depth loss where batches carry gt_depth
+    voxel_labels: bool = True  # the recipe's supervision: the head's 3D loss applies
+    pixel_labels: bool = False  # ... the rendering losses apply
 
 
 def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor]:
     """One optimisation step over the batches that make up one global batch (gradients accumulate over
     them; DDP synchronises only on the last). Returns detached scalar losses averaged over the batches:
-    `loss` (the one optimised), the model's named losses and, where depth supervision applies,
-    `loss_depth` (already weighted)."""
+    `loss` (the one optimised), the model's named losses where voxel labels supervise (`loss_occ`, or
+    `loss_3d_geo` and `loss_3d_sem`), the rendering losses (`loss_render_*`, `loss_sdf_*`) where pixel
+    labels do, and `loss_depth` where depth supervision applies (all already weighted)."""
     trainer.optimizer.zero_grad(set_to_none=True)
     totals: dict[str, Tensor] = {}
     for index, batch in enumerate(batches):
@@ -222,14 +229,15 @@ def train_step(trainer: Trainer, batches: list[SampleBatch]) -> dict[str, Tensor
 
 
 def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
-    """The forward pass and the losses of one batch: `loss` and its parts (the model's named losses,
-    `loss_occ` or, for the RenderOcc heads, `loss_3d_geo` and `loss_3d_sem`; and the depth loss)."""
+    """The forward pass and the losses of one batch: `loss` and its parts (`train_step`'s)."""
     camera, targets = batch.camera_batch(trainer.device), batch.targets(trainer.device)
     precision = (torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype)
                  if trainer.autocast_dtype else nullcontext())
     with precision:
         output, depth = trainer.model(camera, return_depth=True)
-    losses = trainer.raw_model.losses(output, targets)
+    losses = trainer.raw_model.losses(output, targets) if trainer.voxel_labels else {}
+    if trainer.pixel_labels:
+        losses.update(trainer.raw_model.render_losses(output, batch.rays.to(trainer.device), camera.bda))
     if trainer.depth_loss_weight > 0 and targets.gt_depth is not None:
         depth_loss = trainer.raw_model.depth_loss(depth, targets.gt_depth)
         losses["loss_depth"] = trainer.depth_loss_weight * depth_loss
@@ -237,12 +245,28 @@ def batch_losses(trainer: Trainer, batch: SampleBatch) -> dict[str, Tensor]:
 
 
 def model_config(options: TrainOptions, stored: ModelConfig | None = None) -> ModelConfig:
-    """The config a run trains: the checkpoint's own when resuming (`stored`), else the named one; with
-    the backbone's gradient checkpointing switched on where asked."""
-    config = stored or get_config(options.config)
+    """The config a run trains: the checkpoint's own when resuming (`stored`), else the named one under
+    --supervision; with the backbone's gradient checkpointing switched on where asked."""
+    if stored and options.supervision not in (None, stored.recipe.supervision):
+        raise InputError(f"--supervision {options.supervision}: the run to resume trains with "
+                         f"{stored.recipe.supervision!r}")
+    config = stored or with_supervision(get_config(options.config), options.supervision)
     if options.grad_checkpointing:
         config = replace(config, backbone=replace(config.backbone, with_cp=True))
     return config
+
+
+def with_supervision(config: ModelConfig, supervision: str | None) -> ModelConfig:
+    """The config trained under `supervision` (None: its recipe's). Pixel labels need the rendering head:
+    a config without one gets the reference's NerfHead over its grid (pmj RenderOcc's 2D-only loss
+    weights). A RenderOcc head that decides occupancy by its density pair's argmax decides by pmj's
+    threshold when 2D labels alone train it, since they train only the occupied score."""
+    recipe = replace(config.recipe, supervision=supervision or config.recipe.supervision)
+    nerf_head = config.nerf_head or (nerf_head_config(config.grid) if recipe.pixel_labels else None)
+    head = config.render_occ
+    if head and head.test_threshold is None and not recipe.voxel_labels:
+        head = replace(head, test_threshold=RENDEROCC_TEST_THRESHOLD)
+    return replace(config, recipe=recipe, nerf_head=nerf_head, render_occ=head)
 
 
 def autocast_dtype(device: torch.device, mixed_precision: bool) -> torch.dtype | None:
@@ -324,7 +348,7 @@ def build_trainer(options: TrainOptions, config: ModelConfig, env: Distributed, 
     scaler = torch.amp.GradScaler(env.device.type, enabled=precision == torch.float16)
     ema = ModelEMA(raw_model, recipe.ema_decay, recipe.ema_init_updates) if recipe.ema_decay else None
     return Trainer(model, raw_model, optimizer, scheduler, scaler, ema, precision, recipe.grad_max_norm,
-                   env.device, config.depth_loss_weight)
+                   env.device, config.depth_loss_weight, recipe.voxel_labels, recipe.pixel_labels)
 
 
 def build_loader(dataset: OccupancyDataset, batch_size: int, options: TrainOptions, env: Distributed,
@@ -474,7 +498,8 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     recipe = config.recipe
     plan = batch_plan(options, recipe, env.world_size)
     dataset = OccupancyDataset(options.data_root, "train", config.input_size, recipe.augment, options.seed,
-                               depth=config.depth_loss_weight > 0, history_frames=config.history_frames)
+                               depth=config.depth_loss_weight > 0, history_frames=config.history_frames,
+                               rays=recipe.rays if recipe.pixel_labels else None)
     loader, sampler, skipping = build_loader(dataset, plan.batch_size, options, env)
     iters_per_epoch = len(sampler) // (plan.batch_size * plan.accumulation)
     if iters_per_epoch == 0:
@@ -501,6 +526,9 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
                 f"precision {trainer.autocast_dtype or torch.float32}")
     for lines in weight_report:
         logger.text(lines)
+    logger.text(f"supervision {recipe.supervision}" + (
+        f": {recipe.rays.max_rays} rays per sample from {label_source(dataset.samples)}"
+        if recipe.pixel_labels else ""))
     trainer.model.train()
     final = checkpoint_path(options.work_dir, state.step)
     interval_losses: list[dict[str, Tensor]] = []

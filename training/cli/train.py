@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     precision.add_argument("--fp32", action="store_true",
                            help="float32 throughout, also where the recipe asks for mixed precision "
                                 "(demo-tiny: bf16 on CPUs)")
+    parser.add_argument("--supervision",
+                        help="what the model learns from: 3d = the Occ3D voxel labels, 2d = per-pixel depth "
+                             "and semantic labels through the rendering head alone (RenderOcc's 2D-only "
+                             "training), 3d+2d = both (default: the config's recipe)")
     parser.add_argument("--log-interval", type=int, default=10, help="iterations between log lines")
 
 
@@ -51,12 +55,16 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     from occupancy.errors import InputError
+    from training.recipe import SUPERVISIONS
     from training.train import TrainOptions, train
 
     counts = ("max_epochs", "max_iters", "batch_size", "global_batch", "num_workers", "checkpoint_interval",
               "log_interval")
     if args.partial and not args.load_from:
         raise InputError("--partial: needs --load-from")
+    if args.supervision is not None and args.supervision not in SUPERVISIONS:
+        raise InputError(f"--supervision: expected one of {', '.join(SUPERVISIONS)}, "
+                         f"got {args.supervision!r}")
     for name in counts:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "num_workers" else 1):
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers, checkpoint_interval=args.checkpoint_interval, resume=args.resume,
         load_from=args.load_from, partial=args.partial, pretrained=args.pretrained, seed=args.seed,
         grad_checkpointing=args.grad_checkpointing, fp32=args.fp32, amp=args.amp,
-        log_interval=args.log_interval,
+        log_interval=args.log_interval, supervision=args.supervision,
     ))
     if os.environ.get("RANK", "0") == "0":
         print(f"final checkpoint: {final}")

@@ -39,7 +39,7 @@ from occupancy.image_header import image_kind, image_size
 from occupancy.model_contract import IMAGES, INTRINSICS, POST_ROTS, POST_TRANS, SENSOR2EGO
 from occupancy.network_input import FAST, NORMALIZE_MEAN, NORMALIZE_STD, Resampling
 from occupancy.preprocess import ImageTransform, Size, model_input_image
-from training.batch import CameraBatch, FrameHistory, OccupancyTargets
+from training.batch import CameraBatch, FrameHistory, OccupancyTargets, RayBatch
 from training.data.augment import (
     AugmentConfig,
     BevFlip,
@@ -47,6 +47,7 @@ from training.data.augment import (
     sample_bev_flip,
     sample_image_transform,
 )
+from training.data.rays import Rays, RaySampling, build_rays, collate_rays
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Sample:
     gt_depth: Tensor | None = None  # N x H x W float32 metres at input pixels, 0 = no point; None: no labels
     history_images: Tensor | None = None  # T x N x 3 x H x W uint8: the T frames before, most recent first
     history_sensor2ego: Tensor | None = None  # T x N x 4 x 4 float32: their cameras -> the key frame's ego
+    rays: Rays | None = None  # rendering supervision's rays (training/data/rays.py), where asked for
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SampleBatch:
     gt_depth: Tensor | None = None
     history_images: Tensor | None = None
     history_sensor2ego: Tensor | None = None
+    rays: RayBatch | None = None
 
     def camera_batch(self, device: torch.device | str = "cpu") -> CameraBatch:
         """The model input on `device`, images normalised there with the ImageNet mean and std."""
@@ -131,13 +134,15 @@ OPTIONAL_FIELDS = ("gt_depth", "history_images", "history_sensor2ego")
 
 
 def collate(samples: list[Sample]) -> SampleBatch:
-    """Stack samples into a batch (the DataLoader's collate_fn); an optional field (depth, history) only if
-    every sample has it."""
+    """Stack samples into a batch (the DataLoader's collate_fn); an optional field (depth, history, rays)
+    only if every sample has it."""
     tensors = {f.name: torch.stack([getattr(s, f.name) for s in samples])
-               for f in fields(Sample) if f.name not in ("token", "scene_name", *OPTIONAL_FIELDS)}
+               for f in fields(Sample) if f.name not in ("token", "scene_name", "rays", *OPTIONAL_FIELDS)}
     for name in OPTIONAL_FIELDS:
         if all(getattr(s, name) is not None for s in samples):
             tensors[name] = torch.stack([getattr(s, name) for s in samples])
+    if all(s.rays is not None for s in samples):
+        tensors["rays"] = collate_rays([s.rays for s in samples])
     return SampleBatch(tokens=[s.token for s in samples], scene_names=[s.scene_name for s in samples],
                        **tensors)
 
@@ -165,11 +170,14 @@ class OccupancyDataset(Dataset):
         history_frames: frames before the key frame to load (2 for BEVStereo4D), most recent first.
         resampling: how images become model inputs (occupancy.preprocess: the gateway's fast path by
             default, or the reference's PIL resize).
+        rays: also draw rays with 2D labels for rendering supervision (`Sample.rays`), from the key frame
+            and its scene's neighbouring keyframes (training/data/rays.py).
     """
 
     def __init__(self, data_root: str | Path, split: str, input_size: tuple[int, int],
                  augment: AugmentConfig | None = None, seed: int = 0, depth: bool = False,
-                 history_frames: int = 0, resampling: Resampling = FAST) -> None:
+                 history_frames: int = 0, resampling: Resampling = FAST, rays: RaySampling | None = None,
+                 ) -> None:
         self.data_root = Path(data_root)
         self.split = split
         self.input_size = tuple(input_size)
@@ -177,9 +185,11 @@ class OccupancyDataset(Dataset):
         self.seed = seed
         self.depth = depth
         self.resampling = resampling
+        self.rays = rays
         self.epoch = 0
         self.samples = load_index(self.data_root, split)
         self.history = history_indices(self.samples, history_frames)
+        self._positions = {(e["scene_name"], e["frame_index"]): i for i, e in enumerate(self.samples)}
         self._check_files()
 
     def set_epoch(self, epoch: int) -> None:
@@ -192,9 +202,10 @@ class OccupancyDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         entry = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        images, transforms = [], []
+        images, transforms, source_sizes = [], [], {}
         for name in CAMERA_NAMES:
             data, source_size, path = self._camera_image(entry, name)
+            source_sizes[name] = source_size
             if self.augment:
                 transform = sample_image_transform(rng, source_size, self.input_size, self.augment)
             else:
@@ -216,6 +227,8 @@ class OccupancyDataset(Dataset):
             semantics=torch.from_numpy(semantics),
             mask_camera=torch.from_numpy(mask_camera.astype(bool)),
             gt_depth=self._depth_maps(entry, transforms) if self.depth and has_depth(entry) else None,
+            rays=build_rays(self.data_root, entry, self._neighbours(entry), source_sizes, self.rays, rng)
+            if self.rays else None,
         )
         if self.history[index]:
             history = [self.samples[i] for i in self.history[index]]
@@ -254,6 +267,12 @@ class OccupancyDataset(Dataset):
         return model_input_image(data, image_kind(data), transform, self.resampling, field=str(path)
                                  ).transpose(2, 0, 1)
 
+    def _neighbours(self, entry: SampleEntry) -> list[SampleEntry]:
+        """The scene's keyframes at the ray sampling's offsets from `entry` that this split holds."""
+        positions = [self._positions.get((entry["scene_name"], entry["frame_index"] + offset))
+                     for offset in self.rays.aux_frames]
+        return [self.samples[p] for p in positions if p is not None]
+
     def _depth_maps(self, entry: SampleEntry, transforms: list[ImageTransform]) -> Tensor:
         """N x H x W depth maps at input pixels, each camera's depth points through its transform."""
         maps = [depth_map(uv, depth, transform, self.input_size)
@@ -263,7 +282,7 @@ class OccupancyDataset(Dataset):
     def _depth_points(self, entry: SampleEntry) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per camera: source-image pixels (P x 2) and depths (P) of the labels_2d, else of the LiDAR."""
         if "labels_2d" in entry:
-            return [read_labels_2d(self.data_root / entry["labels_2d"][name]) for name in CAMERA_NAMES]
+            return [read_labels_2d(self.data_root / entry["labels_2d"][name])[:2] for name in CAMERA_NAMES]
         points = read_lidar_points(self.data_root / entry["lidar"]["path"])
         return [lidar_in_camera(points, entry["lidar"], entry["cameras"][name]) for name in CAMERA_NAMES]
 
@@ -276,10 +295,13 @@ class OccupancyDataset(Dataset):
                                  f"no ego2global for {', '.join(unposed)}, which carries each camera into "
                                  f"the key ego frame; rerun `occ prepare --data-root {self.data_root}`")
             paths = [entry["cameras"][name]["image_path"] for name in CAMERA_NAMES] + [entry["occ_path"]]
-            if self.depth and "labels_2d" in entry:
+            labelled = self.depth or self.rays
+            if labelled and "labels_2d" in entry:
                 paths += list(entry["labels_2d"].values())
-            elif self.depth and "lidar" in entry:
+            elif labelled and "lidar" in entry:
                 paths.append(entry["lidar"]["path"])
+                if self.rays and "lidarseg_path" in entry["lidar"]:
+                    paths.append(entry["lidar"]["lidarseg_path"])
             for relative in paths:
                 if not (self.data_root / relative).is_file():
                     raise InputError(f"{self.data_root / relative}: file missing (sample {entry['token']} "
@@ -340,13 +362,14 @@ def has_depth(entry: SampleEntry) -> bool:
     return "labels_2d" in entry or "lidar" in entry
 
 
-def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Source-image pixels (P x 2) and depths (P) of a synthetic root's per-camera 2D labels .npz."""
+def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source-image pixels (P x 2), depths (P) and classes (P uint8) of a synthetic root's per-camera 2D
+    labels .npz."""
     try:
         with np.load(path) as labels:
-            return labels["uv"], labels["depth"]
+            return labels["uv"], labels["depth"], labels["semantics"]
     except (OSError, KeyError, ValueError) as error:
-        raise InputError(f"{path}: no uv and depth in this 2D labels .npz ({error})") from error
+        raise InputError(f"{path}: no uv, depth and semantics in this 2D labels .npz ({error})") from error
 
 
 def read_lidar_points(path: Path) -> np.ndarray:
@@ -364,16 +387,19 @@ def read_lidar_points(path: Path) -> np.ndarray:
 
 def lidar_in_camera(points: np.ndarray, lidar: LidarEntry, camera: CameraEntry,
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Source-image pixels (P x 2) and depths (P) of the LiDAR points in front of a camera.
-
-    LiDAR and camera fire at different times on a moving car, so the points go LiDAR -> ego at the
-    sweep's time -> global -> ego at the image's time -> camera (BEVDet's lidar2img).
-    """
-    lidar2global = pose_matrix(**lidar["ego2global"]) @ pose_matrix(**lidar["sensor2ego"])
-    camera2global = pose_matrix(**camera["ego2global"]) @ pose_matrix(**camera["sensor2ego"])
-    points_camera = transform_points(invert_rigid(camera2global) @ lidar2global, points)
+    """Source-image pixels (P x 2) and depths (P) of the LiDAR points in front of a camera."""
+    points_camera = lidar_to_camera(points, lidar, camera)
     in_front = points_camera[:, 2] > 0
     return camera_to_pixels(points_camera[in_front], np.asarray(camera["intrinsic"]))
+
+
+def lidar_to_camera(points: np.ndarray, lidar: LidarEntry, camera: CameraEntry) -> np.ndarray:
+    """P x 3 LiDAR points in a camera's frame. LiDAR and camera fire at different times on a moving car,
+    so the points go LiDAR -> ego at the sweep's time -> global -> ego at the image's time -> camera
+    (BEVDet's lidar2img)."""
+    lidar2global = pose_matrix(**lidar["ego2global"]) @ pose_matrix(**lidar["sensor2ego"])
+    camera2global = pose_matrix(**camera["ego2global"]) @ pose_matrix(**camera["sensor2ego"])
+    return transform_points(invert_rigid(camera2global) @ lidar2global, points)
 
 
 def depth_map(uv: np.ndarray, depth: np.ndarray, transform: ImageTransform, input_size: Size) -> np.ndarray:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from occupancy.cameras import CAMERA_NAMES
 from occupancy.data_root import LABELS_2D_DIR, SPLITS, SampleEntry, labels_path, write_index
 from occupancy.errors import InputError
+from training.data.lidarseg import occ3d_lookup
 
 TABLES = (
     "attribute",
@@ -93,8 +94,10 @@ def _pose(record: dict) -> dict:
     }
 
 
-def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_2d: bool) -> SampleEntry:
-    """The index entry of one keyframe: cameras, poses, the LiDAR sweep (where the sample has one) and
+def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_2d: bool,
+                 lidarseg_classes: list[int] | None = None) -> SampleEntry:
+    """The index entry of one keyframe: cameras, poses, the LiDAR sweep (where the sample has one, with
+    its lidarseg labels where the root has them: `lidarseg_classes` maps their categories to Occ3D) and
     label paths."""
     cameras = {}
     for name in CAMERA_NAMES:
@@ -135,6 +138,9 @@ def sample_entry(nusc, sample: dict, scene: dict, frame_index: int, with_labels_
             "sensor2ego": _pose(nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])),
             "ego2global": _pose(nusc.get("ego_pose", lidar["ego_pose_token"])),
         }
+        if lidarseg_classes is not None:
+            entry["lidar"]["lidarseg_path"] = nusc.get("lidarseg", lidar["token"])["filename"]
+            entry["lidar"]["lidarseg_classes"] = lidarseg_classes
     if with_labels_2d:
         entry["labels_2d"] = {
             name: f"{LABELS_2D_DIR}/{name}/{Path(cam['image_path']).name.rsplit('.', 1)[0]}.npz"
@@ -147,15 +153,16 @@ def referenced_files(entry: dict) -> list[str]:
     """Every file an index entry names, relative to the data root."""
     files = [camera["image_path"] for camera in entry["cameras"].values()] + [entry["occ_path"]]
     files += [entry["lidar"]["path"]] if "lidar" in entry else []
+    files += [entry["lidar"]["lidarseg_path"]] if "lidarseg_path" in entry.get("lidar", {}) else []
     return files + list(entry.get("labels_2d", {}).values())
 
 
-def _scene_entries(nusc, scene: dict, with_labels_2d: bool) -> list[dict]:
+def _scene_entries(nusc, scene: dict, with_labels_2d: bool, lidarseg_classes: list[int] | None) -> list[dict]:
     """Index entries of a scene's keyframes, following the samples' next links."""
     entries, token = [], scene["first_sample_token"]
     while token:
         sample = nusc.get("sample", token)
-        entries.append(sample_entry(nusc, sample, scene, len(entries), with_labels_2d))
+        entries.append(sample_entry(nusc, sample, scene, len(entries), with_labels_2d, lidarseg_classes))
         token = sample["next"]
     return entries
 
@@ -167,6 +174,8 @@ def build_index(root: Path, version: str = "v1.0-trainval", progress: bool = Tru
     splits = load_splits(root, version)
     split_of = {name: split for split in SPLITS for name in splits[split]}
     with_labels_2d = (root / LABELS_2D_DIR).is_dir()
+    # nuScenes-lidarseg (lidarseg.json beside the tables): the devkit loads it and its category indices.
+    lidarseg_classes = occ3d_lookup(nusc.lidarseg_idx2name_mapping) if hasattr(nusc, "lidarseg") else None
     index: dict[str, list[dict]] = {split: [] for split in SPLITS}
     missing: list[str] = []
     for scene in tqdm(
@@ -176,7 +185,7 @@ def build_index(root: Path, version: str = "v1.0-trainval", progress: bool = Tru
         if split is None:
             continue
         try:
-            entries = _scene_entries(nusc, scene, with_labels_2d)
+            entries = _scene_entries(nusc, scene, with_labels_2d, lidarseg_classes)
         except KeyError as error:
             raise InputError(
                 f"{root / version}: scene {scene['name']} links to a record missing from the tables ({error})"

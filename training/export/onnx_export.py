@@ -31,7 +31,7 @@ from training.export.rig import nuscenes_like_batch, nuscenes_like_drive
 from training.models.bev_pool import export_target
 from training.models.configs import ModelConfig
 from training.models.occupancy_model import OccupancyModel
-from training.models.temporal import DensitySemantics, StreamState
+from training.models.temporal import StreamState
 
 DEFAULT_OPSET = 17  # ScatterElements gained `reduction` in opset 16
 MIN_OPSET = 16
@@ -69,8 +69,9 @@ class ExportModel(nn.Module):
 
     def logits(self, images: Tensor, intrinsics: Tensor, sensor2ego: Tensor, post_rots: Tensor,
                post_trans: Tensor) -> Tensor:
-        """B x X x Y x Z x classes, what `forward` takes the argmax of."""
-        return self.model(contract_batch(images, intrinsics, sensor2ego, post_rots, post_trans))
+        """B x X x Y x Z x classes scores whose argmax is the class (the logits of most heads)."""
+        batch = contract_batch(images, intrinsics, sensor2ego, post_rots, post_trans)
+        return self.model.scores(self.model(batch))
 
     def forward(self, images: Tensor, intrinsics: Tensor, sensor2ego: Tensor, post_rots: Tensor,
                 post_trans: Tensor) -> Tensor:
@@ -94,14 +95,12 @@ class TemporalExportModel(nn.Module):
                 state_reduced: Tensor, state_cost: Tensor) -> tuple[Tensor, ...]:
         output, state = self._step(images, intrinsics, sensor2ego, post_rots, post_trans, prev_sensor2ego,
                                    history, state_stereo, state_reduced, state_cost)
-        return self.model.classes(output).to(torch.uint8), *state
+        return self.model.scores(output).argmax(-1).to(torch.uint8), *state
 
-    def classes_logits_and_state(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        """The classes, the scores the graph's ArgMax reads (a RenderOcc head's semantic logits: where its
-        density says free the class is free whatever they say), then the state."""
+    def logits_and_state(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        """The scores the classes are the argmax of (logits, a RenderOcc head's scores), then the state."""
         output, state = self._step(*inputs)
-        logits = output.semantics if isinstance(output, DensitySemantics) else output
-        return self.model.classes(output), logits, *state
+        return self.model.scores(output), *state
 
     def _step(self, images: Tensor, intrinsics: Tensor, sensor2ego: Tensor, post_rots: Tensor,
               post_trans: Tensor, prev_sensor2ego: Tensor, history: Tensor, state_stereo: Tensor,
@@ -325,9 +324,8 @@ def _torch_run(model: nn.Module, forward) -> tuple[object, np.ndarray, float]:
     return result, seen[0].numpy(), time.perf_counter() - started
 
 
-def _compare(semantics: np.ndarray, torch_classes: np.ndarray, onnx_logits: np.ndarray,
-             torch_logits: np.ndarray, onnx_bev: np.ndarray, torch_bev: np.ndarray, seconds_onnx: float,
-             seconds_torch: float) -> Parity:
+def _compare(semantics: np.ndarray, onnx_logits: np.ndarray, torch_logits: np.ndarray, onnx_bev: np.ndarray,
+             torch_bev: np.ndarray, seconds_onnx: float, seconds_torch: float) -> Parity:
     for what, from_onnx, from_torch in (("logits", onnx_logits, torch_logits), ("BEV", onnx_bev, torch_bev)):
         if from_onnx.shape != from_torch.shape:
             raise ValueError(f"{what} of shape {from_onnx.shape} from ONNX, {from_torch.shape} from PyTorch")
@@ -341,7 +339,7 @@ def _compare(semantics: np.ndarray, torch_classes: np.ndarray, onnx_logits: np.n
         max_abs_bev=max_abs_bev,
         bev_cells_differing=int((cell_diff > MAX_RELATIVE_DIFF * max_abs_bev).sum()),
         bev_cells=int(cell_diff.size),
-        argmax_agreement=float((semantics == torch_classes).mean()),
+        argmax_agreement=float((semantics == torch_logits.argmax(-1)).mean()),
         voxels=int(semantics.size),
         seconds_onnx=seconds_onnx,
         seconds_torch=seconds_torch,
@@ -355,8 +353,7 @@ def check_parity(model: OccupancyModel, onnx_path: Path, inputs: Mapping[str, np
     frame = [torch.from_numpy(inputs[name]) for name in contract.INPUT_NAMES]
     wrapper = ExportModel(model).eval()
     torch_logits, torch_bev, seconds_torch = _torch_run(model, lambda: wrapper.logits(*frame).numpy())
-    return _compare(semantics, torch_logits.argmax(-1), onnx_logits, torch_logits, onnx_bev, torch_bev,
-                    seconds_onnx, seconds_torch)
+    return _compare(semantics, onnx_logits, torch_logits, onnx_bev, torch_bev, seconds_onnx, seconds_torch)
 
 
 @dataclass(frozen=True)
@@ -404,17 +401,17 @@ def check_sequence_parity(model: nn.Module, onnx_path: Path, frames: list[dict[s
         (semantics, *onnx_next, onnx_logits, onnx_bev), seconds_onnx = onnx_run.run(outputs,
                                                                                      frame | onnx_state)
         feeds = [torch.from_numpy((frame | torch_state)[name]) for name in metadata_.input_names]
-        (torch_classes, torch_logits, *torch_next), torch_bev, seconds_torch = _torch_run(
-            model, lambda feeds=feeds: wrapper.classes_logits_and_state(*feeds))
-        torch_next = [tensor.numpy() for tensor in torch_next]
+        (torch_logits, *torch_next), torch_bev, seconds_torch = _torch_run(
+            model, lambda feeds=feeds: wrapper.logits_and_state(*feeds))
+        torch_logits, torch_next = torch_logits.numpy(), [tensor.numpy() for tensor in torch_next]
         for from_onnx, from_torch in zip(onnx_next, torch_next, strict=True):
             scale = max(float(np.abs(from_torch).max()), 1e-12)
             relative = np.abs(from_onnx - from_torch) / scale
             worst = max(worst, float(relative.max()))
             differing += int((relative > MAX_RELATIVE_DIFF).sum())
             elements += relative.size
-        results.append(_compare(semantics, torch_classes.numpy(), onnx_logits, torch_logits.numpy(), onnx_bev,
-                                torch_bev, seconds_onnx, seconds_torch))
+        results.append(_compare(semantics, onnx_logits, torch_logits, onnx_bev, torch_bev, seconds_onnx,
+                                seconds_torch))
         onnx_state = {tensor.name: value for tensor, value in zip(metadata_.state, onnx_next, strict=True)}
         torch_state = {tensor.name: value for tensor, value in zip(metadata_.state, torch_next, strict=True)}
     return SequenceParity(tuple(results), worst, differing, elements)

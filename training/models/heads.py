@@ -15,6 +15,7 @@ from training.batch import OccupancyTargets
 from training.models.bev_encoder import ConvModule
 from training.models.bev_pool import onnx_export_target
 from training.models.losses import cross_entropy_loss, occ3d_class_weights, scene_class_affinity_loss
+from training.models.rendering import density_from_class_logits
 
 
 class Softplus(nn.Module):
@@ -60,6 +61,12 @@ class _OccupancyHead(nn.Module):
         if self.scene_class_affinity:
             loss = loss + scene_class_affinity_loss(logits, labels, FREE_CLASS)
         return loss
+
+    @staticmethod
+    def render_fields(logits: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+        """Raw density and semantics for the rendering head: the free class's probability is the light a
+        voxel lets through (rendering.density_from_class_logits), the other classes' logits render."""
+        return density_from_class_logits(logits, shift), logits[..., :FREE_CLASS]
 
 
 class BEVOCCHead2D(_OccupancyHead):

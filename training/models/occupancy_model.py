@@ -7,7 +7,8 @@ are the reference's, so reference checkpoints load key for key.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.batch import CameraBatch, OccupancyTargets
+from training.batch import CameraBatch, OccupancyTargets, RayBatch
+from training.models.render_occ_head import DensitySemantics
 
 
 class OccupancyModel(nn.Module):
@@ -19,9 +20,12 @@ class OccupancyModel(nn.Module):
         img_view_transformer: (B x N x C x fH x fW, CameraBatch) -> (BEV feature, depth).
         img_bev_encoder_backbone: BEV feature -> list of levels (CustomResNet, CustomResNet3D).
         img_bev_encoder_neck: levels -> one BEV feature (FPN_LSS, LSSFPN3D).
-        occ_head: BEV feature -> B x X x Y x Z x classes logits, with `loss(logits, targets)`.
+        occ_head: BEV feature -> B x X x Y x Z x classes logits, with `loss(logits, targets)`; or a
+            RenderOccHead (density and semantics, its own losses and test-time rule).
         upsample_bev: double the BEV feature's resolution (bilinear) before the head: the
             reference's `upsample` option, for encoders that run at half the output resolution.
+        nerf_head: the rendering head (training only: buffers, no parameters) that turns the head's
+            output into the rendering losses against rays with 2D labels; None without rendering.
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class OccupancyModel(nn.Module):
         img_bev_encoder_neck: nn.Module,
         occ_head: nn.Module,
         upsample_bev: bool = False,
+        nerf_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.img_backbone = img_backbone
@@ -42,6 +47,7 @@ class OccupancyModel(nn.Module):
         self.img_bev_encoder_neck = img_bev_encoder_neck
         self.occ_head = occ_head
         self.upsample_bev = upsample_bev
+        self.nerf_head = nerf_head
 
     def encode_images(self, images: Tensor) -> Tensor:
         """B x N x 3 x H x W normalised images (B, G, R) -> B x N x C x H/16 x W/16 features."""
@@ -59,7 +65,8 @@ class OccupancyModel(nn.Module):
         return bev, depth
 
     def forward(self, batch: CameraBatch, return_depth: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits B x X x Y x Z x classes over the Occ3D grid (ego frame, indexed [x, y, z]); with
+        """Logits B x X x Y x Z x classes over the Occ3D grid (ego frame, indexed [x, y, z]), or a RenderOcc
+        head's DensitySemantics; with
         `return_depth` also the depth probabilities B x N x D x fH x fW, for depth supervision (a
         keyword of `forward` rather than another method so DistributedDataParallel sees the call)."""
         bev, depth = self.encode_bev(batch)
@@ -70,9 +77,17 @@ class OccupancyModel(nn.Module):
         """Scalar training loss of `forward`'s logits (the head's camera-masked cross-entropy)."""
         return self.occ_head.loss(logits, targets)
 
-    def losses(self, logits: Tensor, targets: OccupancyTargets) -> dict[str, Tensor]:
-        """The named losses the trainer sums (every model has this method): `loss_occ`, in float32."""
-        return {"loss_occ": self.loss(logits.float(), targets)}
+    def losses(self, output: Tensor | DensitySemantics, targets: OccupancyTargets) -> dict[str, Tensor]:
+        """The named losses the trainer sums (every model has this method): `loss_occ` of the logits, in
+        float32, or a RenderOcc head's `loss_3d_geo` and `loss_3d_sem`."""
+        if isinstance(output, DensitySemantics):
+            return self.occ_head.losses(output, targets)
+        return {"loss_occ": self.loss(output.float(), targets)}
+
+    def render_losses(self, output: Tensor | DensitySemantics, rays: RayBatch, bda: Tensor,
+                      ) -> dict[str, Tensor]:
+        """The rendering losses of `forward`'s output along the batch's rays (NerfHead.forward)."""
+        return self.nerf_head(*self.occ_head.render_fields(output, self.nerf_head.act_shift), rays, bda)
 
     def depth_loss(self, depth: Tensor, gt_depth: Tensor) -> Tensor:
         """Unweighted BEVDepth depth loss of `forward`'s depth against B x N x H x W input-resolution
@@ -81,4 +96,14 @@ class OccupancyModel(nn.Module):
 
     def predict(self, batch: CameraBatch) -> Tensor:
         """Class index per voxel, B x X x Y x Z int64."""
-        return self(batch).argmax(-1)
+        return self.classes(self(batch))
+
+    def classes(self, output: Tensor | DensitySemantics) -> Tensor:
+        """The class per voxel of `forward`'s output: the argmax of the logits, or a RenderOcc head's rule."""
+        if isinstance(output, DensitySemantics):
+            return self.occ_head.classes(output)
+        return output.argmax(-1)
+
+    def scores(self, output: Tensor | DensitySemantics) -> Tensor:
+        """B x X x Y x Z x classes scores whose argmax is `classes` (logits, or a RenderOcc head's scores)."""
+        return self.occ_head.scores(output) if isinstance(output, DensitySemantics) else output

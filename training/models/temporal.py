@@ -17,17 +17,15 @@ Each frame's work is a method of its own (`encode_frame`, `stereo_feature`, `red
 """
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from occupancy.classes import FREE_CLASS
-from training.batch import CameraBatch, OccupancyTargets
-from training.models.bev_encoder import ConvModule
+from training.batch import CameraBatch, OccupancyTargets, RayBatch
 from training.models.depth_net import camera_aware_input
-from training.models.losses import cross_entropy_loss
+from training.models.nerf_head import NerfHead
+from training.models.render_occ_head import DensitySemantics, RenderOccHead
 from training.models.stereo import LSSViewTransformerBEVStereo
 from training.models.view_transformer import VoxelGridConfig, inverse_3x3
 
@@ -274,7 +272,17 @@ class BEVStereo4D(nn.Module):
 
 class _TemporalOccupancy(BEVStereo4D):
     """The trunk plus a head: `forward`, `stream`, `predict`, the losses. Subclasses define `head`,
-    `losses` and `classes` (the reference's test-time rule of their class)."""
+    `losses` and `classes` (the reference's test-time rule of their class), and set `occ_head`.
+
+    `nerf_head`: the rendering head (training only: buffers, no parameters) for the rendering losses
+    against rays with 2D labels; None without rendering.
+    """
+
+    occ_head: nn.Module
+
+    def __init__(self, *trunk, nerf_head: NerfHead | None = None, **options) -> None:
+        super().__init__(*trunk, **options)
+        self.nerf_head = nerf_head
 
     def head(self, bev: Tensor):
         raise NotImplementedError
@@ -283,6 +291,10 @@ class _TemporalOccupancy(BEVStereo4D):
         raise NotImplementedError
 
     def classes(self, output) -> Tensor:
+        raise NotImplementedError
+
+    def scores(self, output) -> Tensor:
+        """B x X x Y x Z x classes scores whose argmax is `classes` (what the exported graph takes)."""
         raise NotImplementedError
 
     def forward(self, batch: CameraBatch, return_depth: bool = False):
@@ -305,6 +317,10 @@ class _TemporalOccupancy(BEVStereo4D):
         """Unweighted BEVDepth depth loss of the key frame's depth (the reference's `loss_depth`)."""
         return self.img_view_transformer.get_depth_loss(gt_depth, depth)
 
+    def render_losses(self, output, rays: RayBatch, bda: Tensor) -> dict[str, Tensor]:
+        """The rendering losses of `forward`'s output along the batch's rays (NerfHead.forward)."""
+        return self.nerf_head(*self.occ_head.render_fields(output, self.nerf_head.act_shift), rays, bda)
+
 
 class BEVStereo4DOCC(_TemporalOccupancy):
     """FlashOCC's BEVStereo4DOCC: the trunk and `occ_head` (BEVOCCHead2D / BEVOCCHead3D).
@@ -325,80 +341,36 @@ class BEVStereo4DOCC(_TemporalOccupancy):
     def classes(self, output: Tensor) -> Tensor:
         return output.argmax(-1)
 
-
-class DensitySemantics(NamedTuple):
-    """The RenderOcc heads' per-voxel outputs (what the rendering head samples along rays)."""
-
-    density: Tensor  # B x X x Y x Z x 2: scores of [occupied, free] (Softplus'd where final_softplus)
-    semantics: Tensor  # B x X x Y x Z x (classes - 1): logits over the classes except free
+    def scores(self, output: Tensor) -> Tensor:
+        return output
 
 
 class RenderOcc(_TemporalOccupancy):
-    """The seed's RenderOcc (3D voxel features) and RenderOcc2D (channel-to-height, `Dz` slices), with their
-    parameter names at the top level of the state dict: `final_conv`, `density_mlp`, `semantic_mlp`, the
-    buffer `semantic_loss.weight` and, where the config renders, `nerf_head`.
+    """The seed's RenderOcc (3D voxel features) and RenderOcc2D (channel-to-height): the trunk and a
+    RenderOccHead whose layers sit at the top level of the state dict, as the reference's detector defines
+    them (`final_conv`, `density_mlp`, `semantic_mlp`, the buffer `semantic_loss.weight`), beside
+    `nerf_head` where the config renders.
 
     Args:
-        in_dim: channels of the encoded BEV feature; out_dim: after `final_conv` (MLP hidden: 2 x out_dim).
-        dz: None for 3D voxel features (B x C x Z x Y x X); else the height slices of a 2D BEV feature.
-        num_classes: with free (18); the semantic head predicts the others.
-        final_softplus: a Softplus after the density MLP (the configs' `final_softplus=True`).
-        class_weights: `semantic_loss`'s per-class weights (17).
-        nerf_head: the rendering head (buffers only here), or None.
-        test_threshold: pmj's RenderOcc rule (occupied where the occupied score > 8.5); None: the seed's
-            rule (occupied where the occupied score is the larger of the two, argmax == 0).
-        use_3d_loss: train with `loss_3d_geo` and `loss_3d_sem` (UniOcc / M5); pmj's 2D-label config has not.
+        occ_head: the head; its layers are registered here under their own names, and the head (which
+            holds no tensors of its own) runs them, kept outside the module tree so they appear once.
     """
 
-    def __init__(self, *trunk, in_dim: int, out_dim: int, dz: int | None, num_classes: int,
-                 final_softplus: bool, class_weights: Tensor, nerf_head: nn.Module | None,
-                 test_threshold: float | None, use_3d_loss: bool, **options) -> None:
-        super().__init__(*trunk, **options)
-        self.dz = dz
-        self.num_classes = num_classes
-        self.test_threshold = test_threshold
-        self.use_3d_loss = use_3d_loss
-        slices = dz or 1
-        self.final_conv = ConvModule(in_dim, out_dim, 3, padding=1, dims=3 if dz is None else 2, norm=False,
-                                     bias=True)
-        density = [nn.Linear(out_dim, out_dim * 2), nn.Softplus(), nn.Linear(out_dim * 2, 2 * slices)]
-        self.density_mlp = nn.Sequential(*density, *([nn.Softplus()] if final_softplus else []))
-        self.semantic_mlp = nn.Sequential(nn.Linear(out_dim, out_dim * 2), nn.Softplus(),
-                                          nn.Linear(out_dim * 2, (num_classes - 1) * slices))
-        self.semantic_loss = nn.CrossEntropyLoss(weight=class_weights)
-        if nerf_head is not None:
-            self.nerf_head = nerf_head
+    def __init__(self, *trunk, occ_head: RenderOccHead, nerf_head: NerfHead | None = None,
+                 **options) -> None:
+        super().__init__(*trunk, nerf_head=nerf_head, **options)
+        for name, layer in occ_head.named_children():
+            self.add_module(name, layer)
+        self.__dict__["occ_head"] = occ_head
 
     def head(self, bev: Tensor) -> DensitySemantics:
-        if self.dz is None:  # B x C x Z x Y x X -> B x X x Y x Z x C
-            voxels = self.final_conv(bev).permute(0, 4, 3, 2, 1)
-            return DensitySemantics(self.density_mlp(voxels), self.semantic_mlp(voxels))
-        cells = self.final_conv(bev).permute(0, 3, 2, 1)  # B x X x Y x C
-        shape = (*cells.shape[:3], self.dz)
-        return DensitySemantics(self.density_mlp(cells).view(*shape, 2),
-                                self.semantic_mlp(cells).view(*shape, self.num_classes - 1))
+        return self.occ_head(bev)
 
     def losses(self, output: DensitySemantics, targets: OccupancyTargets) -> dict[str, Tensor]:
-        """`loss_3d_geo`: cross-entropy of [occupied, free] over the camera-visible voxels; `loss_3d_sem`:
-        `semantic_loss` over the visible voxels that are not free (the seed's `loss_3d`)."""
-        if not self.use_3d_loss:
-            return {}
-        visible = targets.mask_camera
-        free = targets.semantics == FREE_CLASS
-        geo = cross_entropy_loss(output.density[visible].float(), free[visible].long(), None)
-        occupied = visible & ~free
-        # The weighted mean of nn.CrossEntropyLoss(weight) (sum w l / sum w); 0 rather than its NaN
-        # when a batch has no visible occupied voxel.
-        sem = cross_entropy_loss(output.semantics[occupied].float(), targets.semantics[occupied],
-                                 self.semantic_loss.weight)
-        return {"loss_3d_geo": geo, "loss_3d_sem": sem}
+        return self.occ_head.losses(output, targets)
 
     def classes(self, output: DensitySemantics) -> Tensor:
-        """The semantic argmax where occupied, else free; argmax's first-maximum rule for the seed's test."""
-        score = output.density[..., 0]
-        if self.test_threshold is not None:
-            occupied = score > self.test_threshold
-        else:
-            occupied = score >= output.density[..., 1]
-        free = torch.full_like(score, FREE_CLASS, dtype=torch.long)
-        return torch.where(occupied, output.semantics.argmax(-1), free)
+        return self.occ_head.classes(output)
+
+    def scores(self, output: DensitySemantics) -> Tensor:
+        return self.occ_head.scores(output)
