@@ -2,7 +2,7 @@
 on the local Triton, and that Triton alone, in one run.
 
 The frame is examples/frame/ (six 1600 x 900 JPEGs and their calibration) and the model the committed
-model_repository/demo-tiny/1/model.onnx. The local Triton (`occ triton-local`'s server: nvidia-pytriton's
+model_repository/demo-tiny/2/model.onnx. The local Triton (`occ triton-local`'s server: nvidia-pytriton's
 CPU tritonserver) serves it as a python-backend model running the same ONNX with ONNX Runtime. "Triton
 alone" sends the gateway's own model inputs for that frame (decoded and preprocessed once, with the
 gateway's pipeline) straight to Triton's gRPC endpoint with tritonclient's asyncio client, open loop at
