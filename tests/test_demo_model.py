@@ -23,7 +23,10 @@ from training.cli import synth as synth_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "frame"
-DEMO = ROOT / "model_repository" / "demo-tiny"
+REPOSITORY = ROOT / "model_repository"
+DEMO = REPOSITORY / "demo-tiny"
+# The committed demo models (`make serve` serves them all): 3D labels, three frames, 2D labels only.
+DEMO_MODELS = ("demo-tiny", "demo-tiny-4d-stereo", "demo-tiny-2d")
 
 
 def _example() -> tuple[dict[str, bytes], dict]:
@@ -31,14 +34,15 @@ def _example() -> tuple[dict[str, bytes], dict]:
     return images, json.loads((EXAMPLE / "calibration.json").read_text())
 
 
-def _newest_version() -> Path:
-    return max((p for p in DEMO.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+def _newest_version(model: Path = DEMO) -> Path:
+    return max((p for p in model.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
 def test_default_settings_serve_the_committed_demo_model_on_the_example_frame():
     images, calibration = _example()
     with TestClient(create_app(Settings())) as client:
         assert client.get("/readyz").status_code == 200
+        served_models = {model["name"] for model in client.get("/v1/models").json()["models"]}
         response = client.post("/predict", files=multipart_files(images, calibration),
                                headers={"Accept": "application/x-npy"})
     assert response.status_code == 200, response.text
@@ -46,6 +50,7 @@ def test_default_settings_serve_the_committed_demo_model_on_the_example_frame():
     served = decode_npy(response.content)
     expected = run_model(_newest_version() / "model.onnx", gateway_inputs(images, calibration, (128, 352)))
     np.testing.assert_array_equal(served, expected)
+    assert served_models == set(DEMO_MODELS)
 
 
 def test_demo_model_learned_the_ground_and_objects_of_an_unseen_frame():
@@ -64,8 +69,8 @@ def test_demo_model_learned_the_ground_and_objects_of_an_unseen_frame():
     assert vehicles and np.mean(vehicles) > 5.0, metric.table()
 
 
-def _card() -> dict:
-    return json.loads((_newest_version() / CARD_JSON).read_text())
+def _card(model: Path = DEMO) -> dict:
+    return json.loads((_newest_version(model) / CARD_JSON).read_text())
 
 
 def _synth_command(data_root: str) -> argparse.Namespace:
@@ -77,9 +82,10 @@ def _synth_command(data_root: str) -> argparse.Namespace:
     return parser.parse_args(["--out", "unused", *shlex.split(command[1])])
 
 
-def test_model_card_describes_the_committed_model():
-    card = _card()
-    assert card["config"] == "demo-tiny" and card["name"] == "demo-tiny"
+@pytest.mark.parametrize("name", DEMO_MODELS)
+def test_model_card_describes_the_committed_model(name):
+    card = _card(REPOSITORY / name)
+    assert card["config"] == name and card["name"] == name
     assert list(card["per_class"]) == list(CLASS_NAMES[:-1])  # free is not scored
     ious = [value for value in card["per_class"].values() if value is not None]
     assert all(0.0 <= value <= 100.0 for value in ious)
@@ -87,7 +93,7 @@ def test_model_card_describes_the_committed_model():
     assert card["onnx_mIoU"] == pytest.approx(card["mIoU"], abs=1.0)  # the export agrees with the checkpoint
     data = _synth_command(card["data_root"])
     assert card["val_frames"] == data.val_scenes * data.frames  # every held-out frame was scored
-    assert (_newest_version() / CARD_MARKDOWN).is_file()
+    assert (_newest_version(REPOSITORY / name) / CARD_MARKDOWN).is_file()
 
 
 # A scene's mIoU is not the card's figure over all its frames: for version 1 the six check-set scenes scored
