@@ -1,6 +1,7 @@
 """`occ serve` as a child process on a loopback port it chooses itself: for benchmarks and tests that need
 the real gateway. Ready (GET /readyz 200) before use, always stopped afterwards."""
 
+import os
 import re
 import socket
 import subprocess
@@ -29,6 +30,9 @@ def running_gateway(*serve_args: str, log_path: Path, timeout_s: float = 60.0) -
     """Starts `occ serve --port 0 *serve_args` (output to `log_path`): the server binds a free port itself,
     so no other process can take it in between. Yields its URL, read from the log, once /readyz answers
     200; RuntimeError with the log when it exits or is not ready in `timeout_s`."""
+    if os.environ.get("OCC_LOG_LEVEL", "INFO").upper() not in ("DEBUG", "INFO"):
+        raise ValueError("running_gateway reads the URL from uvicorn's INFO start-up line: OCC_LOG_LEVEL "
+                         f"{os.environ['OCC_LOG_LEVEL']} hides it")
     with log_path.open("w") as log:
         process = subprocess.Popen([sys.executable, "-m", "occ", "serve", "--port", "0", *serve_args],
                                    stdout=log, stderr=subprocess.STDOUT)
