@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "frame"
 REPOSITORY = ROOT / "model_repository"
 DEMO = REPOSITORY / "demo-tiny"
-# The committed demo models (`make serve` serves them all): 3D labels, three frames, 2D labels only.
-DEMO_MODELS = ("demo-tiny", "demo-tiny-4d-stereo", "demo-tiny-2d")
+# The committed demo models (`make serve` serves them all): one frame and three frames, from 3D labels.
+DEMO_MODELS = ("demo-tiny", "demo-tiny-4d-stereo")
 
 
 def _example() -> tuple[dict[str, bytes], dict]:
