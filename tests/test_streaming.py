@@ -4,6 +4,7 @@ its history per frame of a batch, and the export describes its state."""
 
 import itertools
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,13 +95,20 @@ def micro(tmp_path_factory):
     return config, model, export_served(config, model, root), data_root
 
 
-def test_frames_posted_in_order_give_the_offline_three_frame_forward(micro):
-    config, model, repository, data_root = micro
-    offline = offline_grids(model, data_root, config.input_size)
+def assert_streamed_equals_offline(model: torch.nn.Module, repository: Path, data_root: Path,
+                                   input_size: tuple[int, int]) -> list[tuple[np.ndarray, dict]]:
+    """The val frames posted in order: histories 0, 1, 2 and each grid the offline forward's; the answers."""
+    offline = offline_grids(model, data_root, input_size)
     answers = streamed(repository, data_root)
     assert [sequence["history"] for _, sequence in answers] == [0, 1, 2]
     for k, ((grid, _), want) in enumerate(zip(answers, offline, strict=True)):
         assert agreement(grid, want) >= MIN_AGREEMENT, f"frame {k}: {agreement(grid, want):.4%}"
+    return answers
+
+
+def test_frames_posted_in_order_give_the_offline_three_frame_forward(micro):
+    config, model, repository, data_root = micro
+    answers = assert_streamed_equals_offline(model, repository, data_root, config.input_size)
     # The history moves the grid: the third frame alone (a cold start) is another grid.
     ((cold, sequence),) = streamed(repository, data_root, frames=[FRAMES - 1], sequence="alone")
     assert sequence["history"] == 0 and agreement(answers[2][0], cold) < MIN_AGREEMENT
@@ -172,8 +180,17 @@ def test_a_full_size_r50_export_streams_the_offline_grids(name, tmp_path):
     data_root = write_tiny_dataset(tmp_path / "data", scenes=1, frames=FRAMES, val_scenes=1,
                                    image_size=(450, 800))
     repository = export_served(config, model, tmp_path)
-    offline = offline_grids(model, data_root, config.input_size)
-    answers = streamed(repository, data_root)
-    assert [sequence["history"] for _, sequence in answers] == [0, 1, 2]
-    for k, ((grid, _), want) in enumerate(zip(answers, offline, strict=True)):
-        assert agreement(grid, want) >= MIN_AGREEMENT, f"frame {k}: {agreement(grid, want):.4%}"
+    assert_streamed_equals_offline(model, repository, data_root, config.input_size)
+
+
+def test_flashoccs_test_path_streams_the_offline_grids_too(tmp_path):
+    """FlashOCC's BEVStereo4DOCC test path (t-1's BEV feature warped into t's ego after the view
+    transformation, `align_after_view_transformation`) exported and served: the offline forward's grids."""
+    config = replace(MICRO_TEMPORAL_CONFIG, temporal=replace(MICRO_TEMPORAL_CONFIG.temporal,
+                                                             align_after_view_transformation=True))
+    model = amplified(_built(config))
+    data_root = write_tiny_dataset(tmp_path / "data", scenes=1, frames=FRAMES, val_scenes=1)
+    repository = export_served(config, model, tmp_path)
+    signature = read_signature(repository / NAME / "1" / "model.onnx")
+    assert ModelMetadata.from_props(signature.metadata, NAME).test_path == "align_after_view_transformation"
+    assert_streamed_equals_offline(model, repository, data_root, config.input_size)
