@@ -29,8 +29,11 @@ def run(args: argparse.Namespace) -> int:
 
     from service.triton_local import TritonLocal
 
-    # SIGTERM (docker stop, a supervisor, a test) ends the server too, through the `finally` below.
+    # SIGTERM (docker stop, a supervisor, a test) ends the server too, through the `finally` below. Ctrl-C
+    # (SIGINT) as well, even where this process was started with SIGINT ignored (a non-interactive shell's
+    # background job), where Python would otherwise leave it ignored.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = TritonLocal(
         args.repository, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         model_control=args.model_control, load_models=tuple(args.load_model) or None,
