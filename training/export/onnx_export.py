@@ -365,8 +365,9 @@ class SequenceParity:
     value. The cost volume is allowed a few such elements: the reference biases a depth hypothesis whose
     warped feature is exactly 0 (stereo.cost_volume), and where the feature is 0 around a sample, a grid
     point a rounding error away decides whether the sample is exactly 0 or not, which moves that pixel's
-    softmax by a lot (a cold start matches the frame against itself, every hypothesis on a pixel centre).
-    A wrong matching or pose changes most elements.
+    softmax by a lot. (A camera that has not moved, as at a cold start, no longer contributes: its cost
+    volume is the exact uniform one, stereo.LSSViewTransformerBEVStereo.stereo_cost.) A wrong matching or
+    pose changes most elements.
     """
 
     frames: tuple[Parity, ...]
