@@ -4,6 +4,7 @@ through the devkit; the weighted draw of the ray budget."""
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ from occupancy.errors import InputError
 from occupancy.geometry import pose_matrix, transform_points
 from occupancy.grid import OCC3D_GRID
 from training.data.augment import AugmentConfig
-from training.data.dataset import OccupancyDataset, collate, read_lidar_points
+from training.data.dataset import OccupancyDataset, collate, read_labels_2d, read_lidar_points
 from training.data.lidarseg import LIDARSEG_TO_OCC3D
 from training.data.prepare import build_index, write_indexes
 from training.data.rays import (
     MOVING_CLASSES,
     RaySampling,
+    draw_rays,
     draw_weights,
     draw_without_replacement,
     label_source,
@@ -206,3 +208,51 @@ def test_draw_weights_favour_rare_classes_and_the_key_frame():
     aux = draw_weights(semantics, True, sampling)
     assert key[0] > key[1] and key[2] == 1.0
     np.testing.assert_allclose(aux, [0.0, sampling.aux_weight * key[1], sampling.aux_weight])
+
+
+def test_a_rendered_subset_keeps_the_budgets_class_composition():
+    """A draw without replacement exhausts the rare classes first, so its composition depends on the
+    budget: the reference's 38,400 of 300,000 pixels, 3,000 of them of a class weighted 933, hold 7.5 %
+    of that class; of 1,024 drawn directly, 9 in 10 would be. A uniform 1,024 of the 38,400 keep
+    the budget's share."""
+    bicycle, road = CLASS_NAMES.index("bicycle"), CLASS_NAMES.index("driveable_surface")
+    semantics = np.full(300_000, road, np.uint8)
+    semantics[:3000] = bicycle
+    weights = draw_weights(semantics, False, RaySampling())
+    rng = np.random.default_rng(0)
+    budget = draw_rays(weights, RaySampling(), rng)
+    subset = draw_rays(weights, RaySampling(rendered_rays=1024), rng)
+    direct = draw_rays(weights, RaySampling(max_rays=1024), rng)
+    assert len(budget) == 38_400 and len(subset) == len(direct) == 1024 and len(set(subset)) == 1024
+    share = {name: (semantics[chosen] == bicycle).mean()
+             for name, chosen in (("budget", budget), ("subset", subset), ("direct", direct))}
+    assert share["budget"] == pytest.approx(3000 / 38_400, abs=0.002)
+    assert share["subset"] == pytest.approx(share["budget"], abs=0.03)
+    assert share["direct"] > 0.85
+
+
+def test_sky_pixels_become_rays_that_cross_the_grid_unstopped(synthetic):
+    """With `sky`, the pixels the synthetic world labels sky are drawn as rays of infinite depth and no
+    class, and the sample's own ground truth lets nearly all of them through (a sky pixel sees no surface
+    within 100 m). Without it, as the reference, none are drawn."""
+    sampling = replace(KEY_FRAME_ONLY, sky=True)
+    sample = OccupancyDataset(synthetic, "train", (64, 176), AUGMENT, seed=1, rays=sampling)[2]
+    sky = torch.isinf(sample.rays.depth)
+    assert sky.sum() > 100 and (~sky).sum() > 100
+    assert (sample.rays.semantics[sky] == IGNORE_INDEX).all()
+    head = NerfHead(NerfHeadConfig())
+    density = torch.where(sample.semantics != FREE_CLASS, 4 * -head.act_shift, torch.zeros(()))
+    rendered = head.render(density, torch.zeros(*density.shape, 17), sample.rays.origins[sky],
+                           sample.rays.directions[sky], sample.bda)
+    assert (rendered.alphainv_last > 0.5).float().mean() > 0.95
+    plain = OccupancyDataset(synthetic, "train", (64, 176), AUGMENT, seed=1, rays=KEY_FRAME_ONLY)[2]
+    assert torch.isfinite(plain.rays.depth).all()
+
+
+def test_labels_written_before_sky_pixels_read_as_none(synthetic, tmp_path):
+    path = next((synthetic / "samples_2d").rglob("*.npz"))
+    with np.load(path) as labels:
+        assert len(labels["sky_uv"]) > 0
+        np.savez(tmp_path / "old.npz", uv=labels["uv"], depth=labels["depth"], semantics=labels["semantics"])
+    *_, sky = read_labels_2d(tmp_path / "old.npz")
+    assert sky.shape == (0, 2)

@@ -150,7 +150,7 @@ def test_resume_with_the_rendering_head_equals_an_uninterrupted_run(data_root, t
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
     log = (tmp_path / "straight/train.log").read_text()
-    assert "supervision 2d: 256 rays per sample from 2D labels" in log
+    assert "supervision 2d: 256 rays drawn per sample from 2D labels" in log
     assert "loss_render_depth" in log and "loss_occ" not in log
 
 
@@ -201,9 +201,12 @@ def test_render_occ_scores_take_the_argmax_of_the_reference_rules():
 
 def test_demo_tiny_2d_has_the_m5_configs_head():
     """demo-tiny-2d is built from the RenderOcc head class the 4D RenderOcc configs use; its forward gives
-    density and semantics, its prediction the classes."""
+    density and semantics, its prediction the classes. It renders the reference's ray budget, a uniform
+    part of it, with the sky pixels among the rays and their loss on."""
     config = CONFIGS["demo-tiny-2d"]
-    assert config.recipe.supervision == "2d" and config.nerf_head == NerfHeadConfig()
+    assert config.recipe.supervision == "2d" and config.nerf_head == NerfHeadConfig(weight_sky=1.0)
+    rays = config.recipe.rays
+    assert rays.max_rays == RaySampling().max_rays and rays.rendered_rays < rays.max_rays and rays.sky
     head = build_model(config).occ_head
     assert type(head) is type(build_model(replace(MICRO_TEMPORAL_CONFIG, render_occ=RenderOccHeadConfig(),
                                                   )).occ_head)

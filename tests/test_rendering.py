@@ -2,6 +2,7 @@
 reference's CUDA kernels, against finite differences, and on hand-built scenes with known depths."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -269,3 +270,35 @@ def test_the_head_holds_the_reference_buffers_and_no_parameters():
     head.load_state_dict({**state, "xyz_max": torch.zeros(3)})
     torch.testing.assert_close(head.grid_max, torch.tensor([40 / 39, 40 / 39, 3.2 / 39]))
     assert head.samples_per_ray == 391 + 26  # the reference's N_inner + N_outer
+
+
+def test_sky_rays_are_pushed_through_the_grid_and_leave_the_other_losses():
+    """A ray through a sky pixel (infinite depth) crossing a wall: `loss_render_sky` is the optical depth it
+    meets, its gradient thins the wall, and the depth loss reads only the rays with a surface. Without the
+    weight (the reference configs) the loss is left out."""
+    generator = torch.Generator().manual_seed(4)
+    origins, directions = random_rays(8, generator, spread=0.2)
+    directions[:, :2] = torch.tensor([1.0, 0.0])  # along +x, slightly down: through the wall at x = 4 m
+    directions[:, 2] = -0.05
+    unit = directions / directions.norm(dim=-1, keepdim=True)
+    depth = torch.full((8,), math.inf)
+    depth[:4] = (4.0 - origins[:4, 0]) / unit[:4, 0]  # the first four see the wall, the others are sky
+    semantics = torch.full((8,), IGNORE_INDEX)
+    density = torch.zeros(SMALL_GRID.shape)
+    density[30:32] = 30.0  # x in [4, 4.8) m
+    density.requires_grad_(True)
+    semantic = torch.zeros(*SMALL_GRID.shape, 4)
+    head = NerfHead(replace(SMALL_CONFIG, weight_sky=1.0), num_classes=4)
+    rendered = head.render(density, semantic, origins, unit, torch.eye(3))
+    losses = head.losses(rendered, depth, semantics)
+    optical_depth = -torch.log(rendered.alphainv_last)
+    torch.testing.assert_close(losses["loss_render_sky"], optical_depth[4:].mean())
+    assert losses["loss_render_sky"] > 5  # stopped by the wall (the early stop ends the sum at ~7)
+    assert losses["loss_render_depth"] < 0.1  # the four wall rays render their depth; the sky left out
+    (grad,) = torch.autograd.grad(losses["loss_render_sky"], density)
+    assert (grad[30:32] >= 0).all() and grad[30:32].sum() > 0  # descending it lowers the wall's density
+    empty = head.losses(head.render(torch.zeros(SMALL_GRID.shape), semantic, origins, unit, torch.eye(3)),
+                        depth, semantics)
+    assert empty["loss_render_sky"] < 1e-3
+    reference = NerfHead(SMALL_CONFIG, num_classes=4)
+    assert "loss_render_sky" not in reference.losses(rendered, depth, semantics)

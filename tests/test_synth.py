@@ -223,3 +223,21 @@ def test_2d_labels_agree_with_the_voxels(dataset, index):
         agree += np.sum(labels[tuple(voxel[inside].T)] == label["semantics"][inside])
         total += inside.sum()
     assert total > 1000 and agree / total > 0.97
+
+
+def test_2d_labels_and_sky_pixels_share_one_pixel_lattice(dataset, index):
+    """Every labelled pixel and every sky pixel lie on the labels' lattice (one per label_stride rays),
+    none is both, and the sky is where the cameras look up: above the labelled pixels on average."""
+    sample = index["train"][0]
+    sky_pixels = 0
+    for path in sample["labels_2d"].values():
+        label = np.load(dataset / path)
+        uv, sky = label["uv"], label["sky_uv"]
+        assert sky.dtype == uv.dtype == np.float32
+        assert not {tuple(p) for p in uv.tolist()} & {tuple(p) for p in sky.tolist()}
+        lattice = np.r_[uv, sky]
+        assert len(np.unique(lattice[:, 0])) * len(np.unique(lattice[:, 1])) == len(lattice)
+        if len(sky):
+            assert sky[:, 1].mean() < uv[:, 1].mean()
+        sky_pixels += len(sky)
+    assert sky_pixels > 100

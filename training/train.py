@@ -527,8 +527,7 @@ def _train(options: TrainOptions, env: Distributed) -> Path:
     for lines in weight_report:
         logger.text(lines)
     logger.text(f"supervision {recipe.supervision}" + (
-        f": {recipe.rays.max_rays} rays per sample from {label_source(dataset.samples)}"
-        if recipe.pixel_labels else ""))
+        f": {recipe.rays.describe()} from {label_source(dataset.samples)}" if recipe.pixel_labels else ""))
     trainer.model.train()
     final = checkpoint_path(options.work_dir, state.step)
     interval_losses: list[dict[str, Tensor]] = []

@@ -362,12 +362,13 @@ def has_depth(entry: SampleEntry) -> bool:
     return "labels_2d" in entry or "lidar" in entry
 
 
-def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_labels_2d(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source-image pixels (P x 2), depths (P) and classes (P uint8) of a synthetic root's per-camera 2D
-    labels .npz."""
+    labels .npz, and its sky pixels (S x 2; none in roots written before it had them)."""
     try:
         with np.load(path) as labels:
-            return labels["uv"], labels["depth"], labels["semantics"]
+            sky = labels["sky_uv"] if "sky_uv" in labels.files else np.zeros((0, 2), np.float32)
+            return labels["uv"], labels["depth"], labels["semantics"], sky
     except (OSError, KeyError, ValueError) as error:
         raise InputError(f"{path}: no uv, depth and semantics in this 2D labels .npz ({error})") from error
 

@@ -51,6 +51,9 @@ class NerfHeadConfig:
     weight_semantic: float = 1.0
     weight_entropy_last: float = 0.01
     weight_distortion: float = 0.01
+    # `loss_render_sky`: rays through sky pixels (infinite depth) should cross the grid unstopped. Ours,
+    # not the reference's (whose LiDAR labels have no sky); 0 leaves it out, as the reference configs do.
+    weight_sky: float = 0.0
     alpha_init: float = 1e-6  # the alpha of a zero raw density: act_shift = log(1 / (1 - a) - 1)
     fast_color_thres: float = 1e-7  # samples whose alpha, or weight, is at most this are dropped
 
@@ -201,12 +204,15 @@ class NerfHead(nn.Module):
         return out.index_add(0, ray_of_sample, weights[used][:, None] * logits)
 
     def losses(self, rendered: RenderedRays, depth: Tensor, semantics: Tensor) -> dict[str, Tensor]:
-        """The four rendering losses of one grid's rays against their labels (range along the ray in
-        metres, class or IGNORE_INDEX), weighted, under the reference's names."""
+        """The rendering losses of one grid's rays against their labels (range along the ray in metres,
+        inf for a sky ray; class or IGNORE_INDEX), weighted, under the reference's names, and the sky's."""
         config = self.config
         losses = {}
+        surface = torch.isfinite(depth)
         if config.use_depth_sup:
-            losses["loss_render_depth"] = config.weight_depth * silog_loss(rendered.depth + DEPTH_EPS, depth)
+            losses["loss_render_depth"] = config.weight_depth * (
+                silog_loss(rendered.depth[surface] + DEPTH_EPS, depth[surface]) if surface.any()
+                else rendered.depth.sum() * 0.0)
         labelled = semantics != IGNORE_INDEX
         if labelled.any():
             semantic_loss = F.cross_entropy(rendered.semantics[labelled], semantics[labelled],
@@ -223,6 +229,11 @@ class NerfHead(nn.Module):
             interval = 1.0 / self.samples_per_ray
             losses["loss_sdf_distortion"] = config.weight_distortion * distortion_loss(
                 rendered.weights, s, interval)
+        if config.weight_sky > 0:
+            # The optical depth a sky ray crosses (up to the early stop): -log of the light that gets through.
+            optical_depth = -torch.log(rendered.alphainv_last[~surface])
+            losses["loss_render_sky"] = config.weight_sky * (
+                optical_depth.mean() if len(optical_depth) else rendered.alphainv_last.sum() * 0.0)
         return losses
 
     def forward(self, density: Tensor, semantic: Tensor, rays: RayBatch, bda: Tensor) -> dict[str, Tensor]:

@@ -5,7 +5,8 @@ Layout under the output root, as nuScenes + Occ3D have it:
   samples/CAM_*/<stem>.jpg                  six 1600 x 900 images per keyframe
   samples/LIDAR_TOP/<stem>.pcd.bin          simulated LiDAR, float32 (N, 5): x, y, z, intensity, ring
   samples_2d/CAM_*/<stem>.npz               2D labels for rendering losses: uv (K, 2) pixels,
-                                            depth (K,) optical-axis depth in m, semantics (K,) uint8
+                                            depth (K,) optical-axis depth in m, semantics (K,) uint8,
+                                            sky_uv (S, 2) pixels that see no surface
   gts/<scene>/<sample token>/labels.npz     Occ3D: semantics, mask_lidar, mask_camera (200, 200, 16)
   maps/<token>.png                          a blank map mask (the devkit requires one)
   splits.json                               {"train": [...], "val": [...]}: the last scenes are val
@@ -134,15 +135,18 @@ def cast_lidar(classes: np.ndarray, lidar: Sensor) -> tuple[np.ndarray, np.ndarr
 
 
 def sparse_labels(cast: CameraCast, image_size: tuple[int, int], stride: int) -> dict[str, np.ndarray]:
-    """Depth and class at every `stride`-th cast ray that met a surface (sky left out)."""
+    """Depth and class at every `stride`-th cast ray that met a surface, and the pixels of the others
+    (`sky_uv`: no surface nearer than MAX_GROUND_DEPTH_M), which a 2D segmentation labels as sky."""
     u, v = lowres_pixels(image_size, cast.scale)
     pick = (slice(None, None, stride), slice(None, None, stride))
     depth, semantics = cast.t[pick], cast.semantics[pick]
     valid = np.isfinite(depth) & (semantics != FREE_CLASS) & (depth < MAX_GROUND_DEPTH_M)
+    uv = np.stack([u[pick], v[pick]], axis=-1).astype(np.float32)
     return {
-        "uv": np.stack([u[pick][valid], v[pick][valid]], axis=-1).astype(np.float32),
+        "uv": uv[valid],
         "depth": depth[valid].astype(np.float32),
         "semantics": semantics[valid].astype(np.uint8),
+        "sky_uv": uv[~valid],
     }
 
 
