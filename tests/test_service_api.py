@@ -507,3 +507,16 @@ def test_npy_response_is_a_plain_npy_file(client, frame, expected_grid):
     array = np.load(io.BytesIO(response.content), allow_pickle=False)
     assert array.dtype == np.uint8 and array.shape == (200, 200, 16)
     np.testing.assert_array_equal(array, expected_grid)
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_onnx_runtime_threads_spin_only_when_asked(settings, spinning):
+    """Off by default: spinning intra-op threads take the cores from the next request's decoding."""
+    assert Settings(model_repository=settings.model_repository).ort_spinning is False
+    configured = settings.model_copy(update={"ort_spinning": spinning})
+    backend = EmbeddedBackend.load(configured)
+    try:
+        entry = backend._options.get_session_config_entry("session.intra_op.allow_spinning")
+    finally:
+        asyncio.run(backend.close())
+    assert entry == ("1" if spinning else "0")

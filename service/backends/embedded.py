@@ -70,6 +70,8 @@ class EmbeddedBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.ort_intra_op_threads
         options.inter_op_num_threads = settings.ort_inter_op_threads
+        spinning = "1" if settings.ort_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         models = require_models(settings.model_repository, settings.default_model)
         loaded = {name: _load(entry, options) for name, entry in models.items()}
         return cls(settings.model_repository, loaded, options, settings.max_concurrent,

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
 
     ort_intra_op_threads: int = Field(0, ge=0, description="0: ONNX Runtime's default (all cores)")
     ort_inter_op_threads: int = Field(1, ge=0)
+    # ONNX Runtime's worker threads spin for a while after each run, waiting for more work, which takes the
+    # cores from the next request's image decoding: off, demo-tiny's decode took 14.9 ms against 15-20 ms,
+    # inference unchanged (benchmarks/http_predict_results.md).
+    ort_spinning: bool = Field(False, description="let ONNX Runtime's intra-op threads spin between runs")
     max_concurrent: int = Field(1, ge=1, description="frames processed at the same time")
     max_queue: int = Field(8, ge=0, description="frames waiting for a slot; beyond that, 503")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503")

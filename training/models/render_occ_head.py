@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from occupancy.classes import FREE_CLASS
 from training.batch import OccupancyTargets
 from training.models.bev_encoder import ConvModule
+from training.models.heads import cells_last
 from training.models.losses import cross_entropy_loss
 
 RENDEROCC_TEST_THRESHOLD = 8.5  # pmj RenderOcc's test_threshold on the occupied score
@@ -63,7 +64,7 @@ class RenderOccHead(nn.Module):
         if self.dz is None:  # B x C x Z x Y x X -> B x X x Y x Z x C
             voxels = self.final_conv(bev).permute(0, 4, 3, 2, 1)
             return DensitySemantics(self.density_mlp(voxels), self.semantic_mlp(voxels))
-        cells = self.final_conv(bev).permute(0, 3, 2, 1)  # B x X x Y x C
+        cells = cells_last(self.final_conv, bev)  # B x X x Y x C
         shape = (*cells.shape[:3], self.dz)
         return DensitySemantics(self.density_mlp(cells).view(*shape, 2),
                                 self.semantic_mlp(cells).view(*shape, self.num_classes - 1))
