@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test lint install-serve install-dev demo-data demo-model demo-model-4d demo-model-2d clean
+.PHONY: serve test lint install-serve install-dev perf-analyzer demo-data demo-model demo-model-4d demo-model-2d clean
 
 $(VENV)/bin/activate:
 	python3 -m venv $(VENV)
@@ -21,6 +21,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/activate
 
 install-serve: $(VENV)/.serve-installed
 install-dev: $(VENV)/.dev-installed
+
+# NVIDIA's perf_analyzer (benchmarks/open_loop.py measures bare Triton with it): from the last tritonclient
+# wheel that ships the binary, with its two shared libraries (scripts/install_perf_analyzer.sh).
+$(VENV)/bin/perf_analyzer: scripts/install_perf_analyzer.sh | $(VENV)/.dev-installed
+	scripts/install_perf_analyzer.sh $(VENV)
+perf-analyzer: $(VENV)/bin/perf_analyzer
 
 serve: install-serve
 	$(VENV)/bin/occ serve --host $(HOST) --port $(PORT)

@@ -2,23 +2,27 @@
 on the local Triton, and that Triton alone, in one run.
 
 The frame is examples/frame/ (six 1600 x 900 JPEGs and their calibration) and the model the committed
-model_repository/demo-tiny/2/model.onnx. The local Triton (`occ triton-local`'s server: nvidia-pytriton's
-CPU tritonserver) serves it as a python-backend model running the same ONNX with ONNX Runtime. "Triton
+demo-tiny's newest version. The local Triton (`occ triton-local`'s server: nvidia-pytriton's CPU
+tritonserver) serves it as a python-backend model running the same ONNX with ONNX Runtime. "Triton
 alone" sends the gateway's own model inputs for that frame (decoded and preprocessed once, with the
-gateway's pipeline) straight to Triton's gRPC endpoint with tritonclient's asyncio client, open loop at
-the same rates and closed loop at concurrency 1: what the gateway adds on top of bare Triton is the
-difference. (NVIDIA's perf_analyzer would measure that last part; PyPI's `perf-analyzer` is an empty
-placeholder package, see benchmarks/README.md.) Gateway settings are the defaults (one frame at a time,
-a wait queue of 8, then 503). The rates are interleaved: each round runs every setup at one rate.
+gateway's pipeline) straight to Triton's gRPC endpoint, twice: with tritonclient's asyncio client, open
+loop at the same rates and closed loop at concurrency 1, and with NVIDIA's perf_analyzer (`make
+perf-analyzer`; its request-rate mode with a constant schedule, and concurrency 1) where it is installed.
+What the gateway adds on top of bare Triton is the difference. Gateway settings are the defaults (one
+frame at a time, a wait queue of 8, then 503). The rates are interleaved: each round runs every setup at
+one rate.
 
 Run: `.venv/bin/python -m benchmarks.open_loop [--rates 2 4 6 8 10] [--duration 10]`
 """
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,10 +39,18 @@ from clients.local_gateway import free_port, running_gateway
 from occupancy import model_contract as contract
 from occupancy.calibration import parse_calibration
 from occupancy.cameras import CAMERA_NAMES
+from occupancy.model_repository import scan_repository
 
 FRAME = Path("examples/frame")
 MODEL = "demo-tiny"
-ONNX = Path("model_repository") / MODEL / "1" / "model.onnx"
+REPOSITORY = Path("model_repository")
+PERF_ANALYZER = "perf_analyzer"
+
+
+def committed_onnx() -> Path:
+    """The newest committed version of the demo model."""
+    versions = scan_repository(REPOSITORY)[MODEL]
+    return versions.onnx_path(versions.latest)
 
 
 def frame_files() -> tuple[dict[str, bytes], dict]:
@@ -52,7 +64,7 @@ def model_inputs(images: dict[str, bytes], calibration: dict) -> dict[str, np.nd
 
     from service.pipeline import Frame, check_headers, prepare_inputs
 
-    metadata = {p.key: p.value for p in onnx.load(str(ONNX)).metadata_props}
+    metadata = {p.key: p.value for p in onnx.load(str(committed_onnx())).metadata_props}
     frame = Frame(images, parse_calibration(calibration))
     input_size = tuple(json.loads(metadata[contract.META_INPUT_SIZE]))
     inputs, _ = prepare_inputs(frame, check_headers(frame, 4096 * 4096), input_size)
@@ -110,6 +122,43 @@ async def bare_triton(grpc_url: str, inputs: dict[str, np.ndarray], rate: float 
                        concurrency=concurrency if rate is None else None, offered_fps=rate)
 
 
+def perf_analyzer_binary() -> str | None:
+    """perf_analyzer on PATH or in this environment's bin (where `make perf-analyzer` puts it)."""
+    beside = Path(sys.executable).parent / PERF_ANALYZER
+    return shutil.which(PERF_ANALYZER) or (str(beside) if beside.is_file() else None)
+
+
+def perf_analyzer_row(binary: str | None, grpc_url: str, input_dir: Path, load: str, mode: list[str],
+                      duration_s: float) -> str:
+    """One measurement of NVIDIA's perf_analyzer against Triton's gRPC endpoint, as a table row (its
+    latencies are from the actual send, in µs in its CSV), or the reason it could not run."""
+    if binary is None:
+        return f"| perf_analyzer | {load} | not installed (`make perf-analyzer`) | | | | | | - |"
+    report = input_dir.parent / "perf_analyzer.csv"
+    command = [binary, "-m", MODEL, "-u", grpc_url, "-i", "grpc", "--input-data", str(input_dir),
+               "--measurement-interval", str(round(1000 * duration_s)), "--max-trials", "3",
+               "--stability-percentage", "50", "-f", str(report), *mode]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30 * duration_s + 60)
+    except subprocess.TimeoutExpired:
+        return f"| perf_analyzer | {load} | timed out | | | | | | - |"
+    if done.returncode != 0:
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"| perf_analyzer | {load} | failed: {reason[0][:120]} | | | | | | - |"
+    with report.open() as file:
+        measured = next(csv.DictReader(file))
+    latency = " | ".join(f"{int(measured[f'p{q:g} latency']) / 1000:.0f}" for q in PERCENTILES)
+    return f"| perf_analyzer | {load} | {float(measured['Inferences/Second']):.2f} | {latency} | - | - | - |"
+
+
+def write_perf_analyzer_inputs(inputs: dict[str, np.ndarray], folder: Path) -> Path:
+    """perf_analyzer's --input-data folder: one raw file per input, named as the input, batch of one."""
+    folder.mkdir()
+    for name, array in inputs.items():
+        (folder / name).write_bytes(np.ascontiguousarray(array).tobytes())
+    return folder
+
+
 def row(setup: str, load: str, result: BenchResult) -> str:
     others = ", ".join(f"{k}: {v}" for k, v in sorted(result.errors.items()) if k != "503") or "-"
     latency = " | ".join(f"{result.percentile(q):.0f}" for q in PERCENTILES)
@@ -125,7 +174,6 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per rate and setup")
     args = parser.parse_args()
     from service.triton_local import TritonLocal
-    from training.export.triton_config import write_python_backend_model
 
     images, calibration = frame_files()
     request = build_request(images, calibration, MODEL, "dense")
@@ -134,9 +182,9 @@ def main() -> None:
     rows: list[str] = []
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         folder = Path(folder)
-        write_python_backend_model(folder / "triton", MODEL, ONNX, max_queue_delay_us=0)
         ports = [free_port() for _ in range(3)]
-        triton = TritonLocal(folder / "triton", http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+        # `occ triton-local`'s server on the committed repository (a python-backend view of it).
+        triton = TritonLocal(REPOSITORY, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
                              load_models=(MODEL,))
         triton.start()
         stack.callback(triton.stop)
@@ -145,7 +193,7 @@ def main() -> None:
             "gateway, embedded": stack.enter_context(running_gateway(
                 "--repository", "model_repository", "--model", MODEL, log_path=folder / "embedded.log")),
             "gateway, Triton": stack.enter_context(running_gateway(
-                "--repository", str(folder / "triton"), "--model", MODEL, "--backend", "triton",
+                "--repository", str(REPOSITORY), "--model", MODEL, "--backend", "triton",
                 "--triton-url", triton.grpc_url, log_path=folder / "triton-gateway.log")),
         }
         for setup, url in gateways.items():
@@ -153,13 +201,20 @@ def main() -> None:
                                                                 duration_s=args.duration, warmup=2)))
         rows.append(row("Triton alone", "closed, 1 in flight",
                         asyncio.run(bare_triton(triton.grpc_url, inputs, None, args.duration))))
+        perf_analyzer = perf_analyzer_binary()
+        perf_inputs = write_perf_analyzer_inputs(inputs, folder / "perf_inputs")
+        rows.append(perf_analyzer_row(perf_analyzer, triton.grpc_url, perf_inputs, "closed, 1 in flight",
+                                      ["--concurrency-range", "1"], args.duration))
         for rate in args.rates:
             for setup, url in gateways.items():
                 rows.append(row(setup, f"open, {rate:g}/s", bench(url, request, duration_s=args.duration,
                                                                    rate=rate, warmup=1)))
             rows.append(row("Triton alone", f"open, {rate:g}/s",
                             asyncio.run(bare_triton(triton.grpc_url, inputs, rate, args.duration))))
-            print(*rows[-3:], sep="\n", file=sys.stderr, flush=True)
+            rows.append(perf_analyzer_row(perf_analyzer, triton.grpc_url, perf_inputs, f"open, {rate:g}/s",
+                                          ["--request-rate-range", f"{rate:g}", "--request-distribution",
+                                           "constant"], args.duration))
+            print(*rows[-4:], sep="\n", file=sys.stderr, flush=True)
     print(f"Command: `{shlex.join(['python', '-m', 'benchmarks.open_loop', *sys.argv[1:]])}`")
     print(*machine(), sep="\n")
     print(f"- load average (1/5/15 min) at start {start_load}, at end {load_average()}; "
