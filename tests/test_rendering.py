@@ -302,3 +302,11 @@ def test_sky_rays_are_pushed_through_the_grid_and_leave_the_other_losses():
     assert empty["loss_render_sky"] < 1e-3
     reference = NerfHead(SMALL_CONFIG, num_classes=4)
     assert "loss_render_sky" not in reference.losses(rendered, depth, semantics)
+    # A wall dense enough that the light through it underflows to 0: the loss stays finite.
+    dense = torch.zeros(SMALL_GRID.shape)
+    dense[30:32] = 1e4
+    dense.requires_grad_(True)
+    sky_loss = head.losses(head.render(dense, semantic, origins, unit, torch.eye(3)), depth,
+                           semantics)["loss_render_sky"]
+    (grad,) = torch.autograd.grad(sky_loss, dense)
+    assert torch.isfinite(sky_loss) and torch.isfinite(grad).all()

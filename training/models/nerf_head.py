@@ -231,7 +231,10 @@ class NerfHead(nn.Module):
                 rendered.weights, s, interval)
         if config.weight_sky > 0:
             # The optical depth a sky ray crosses (up to the early stop): -log of the light that gets through.
-            optical_depth = -torch.log(rendered.alphainv_last[~surface])
+            # Past ~87 (one absurdly dense last sample) that light underflows to 0: the floor keeps the loss
+            # finite there, at 87.3.
+            light = rendered.alphainv_last[~surface].clamp_min(torch.finfo(torch.float32).tiny)
+            optical_depth = -torch.log(light)
             losses["loss_render_sky"] = config.weight_sky * (
                 optical_depth.mean() if len(optical_depth) else rendered.alphainv_last.sum() * 0.0)
         return losses
