@@ -202,9 +202,12 @@ def test_render_occ_scores_take_the_argmax_of_the_reference_rules():
 def test_demo_tiny_2d_has_the_m5_configs_head():
     """demo-tiny-2d is built from the RenderOcc head class the 4D RenderOcc configs use; its forward gives
     density and semantics, its prediction the classes. It renders the reference's ray budget, a uniform
-    part of it, with the sky pixels among the rays and their loss on."""
+    part of it, with the sky pixels among the rays, the rays labelled above the grid crossing it as sky,
+    and the sky, surface and surface-semantic losses on."""
     config = CONFIGS["demo-tiny-2d"]
-    assert config.recipe.supervision == "2d" and config.nerf_head == NerfHeadConfig(weight_sky=1.0)
+    assert config.recipe.supervision == "2d"
+    assert config.nerf_head == NerfHeadConfig(weight_sky=1.0, weight_surface=1.0, sky_outside_height=True,
+                                             weight_surface_semantic=1.0)
     rays = config.recipe.rays
     assert rays.max_rays == RaySampling().max_rays and rays.rendered_rays < rays.max_rays and rays.sky
     head = build_model(config).occ_head

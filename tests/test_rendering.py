@@ -17,6 +17,8 @@ from training.models.rendering import (
     alphas_to_weights,
     density_from_class_logits,
     distortion_loss,
+    silog_loss,
+    surface_loss,
 )
 
 # A 16 m x 16 m x 3.2 m grid (40 x 40 x 8 voxels) with a 7 m ball: the Occ3D geometry, scaled down so the
@@ -310,3 +312,117 @@ def test_sky_rays_are_pushed_through_the_grid_and_leave_the_other_losses():
                            semantics)["loss_render_sky"]
     (grad,) = torch.autograd.grad(sky_loss, dense)
     assert torch.isfinite(sky_loss) and torch.isfinite(grad).all()
+
+
+def test_the_surface_loss_asks_for_the_sharp_surface_that_silog_lets_spread():
+    """Two rays of the same labelled range, 10 m: one stops at it, one spreads its weight from 6 to 14 m
+    with the same mean. SILog scores both alike (the rendered depth is the same); `surface_loss` only
+    the first as low, the second as -log of the weight within the margin."""
+    distance = torch.arange(0.1, 20.0, 0.2)[None].repeat(2, 1)
+    weights = torch.zeros_like(distance)
+    near = (distance[0] - 10.0).abs() <= 0.4
+    weights[0, near] = 1.0 / near.sum()
+    spread = (distance[1] - 10.0).abs() <= 4.0
+    weights[1, spread] = 1.0 / spread.sum()
+    depth = torch.full((2,), 10.0)
+    rendered_depth = (weights * distance).sum(-1)
+    torch.testing.assert_close(rendered_depth, depth)
+    assert silog_loss(rendered_depth[:1], depth[:1]) == pytest.approx(0.0, abs=1e-3)
+    assert silog_loss(rendered_depth[1:], depth[1:]) == pytest.approx(0.0, abs=1e-3)
+    sharp, diffuse = (surface_loss(weights[i:i + 1], distance[i:i + 1], depth[i:i + 1], 0.4) for i in (0, 1))
+    assert sharp == pytest.approx(0.0, abs=1e-3)
+    assert diffuse == pytest.approx(-math.log(float(weights[1, near].sum()) + 1e-4), rel=1e-5)
+
+
+def test_a_wall_away_from_the_labelled_range_is_pulled_to_it():
+    """Rays labelled at a wall 4 m along x: a wall there renders a low `loss_render_surface`, one 1.2 m
+    further a high one whose gradient thickens the voxels at the label and leaves everything behind the
+    margin alone (pushing the misplaced wall back is the depth loss's part). Sky rays stay out of it; the
+    reference configs leave it out."""
+    generator = torch.Generator().manual_seed(5)
+    origins, directions = random_rays(8, generator, spread=0.2)
+    directions[:, :2] = torch.tensor([1.0, 0.0])
+    directions[:, 2] = -0.05
+    unit = directions / directions.norm(dim=-1, keepdim=True)
+    depth = (4.0 - origins[:, 0]) / unit[:, 0]
+    depth[6:] = math.inf  # two sky rays
+    semantics = torch.full((8,), IGNORE_INDEX)
+    semantic = torch.zeros(*SMALL_GRID.shape, 4)
+    head = NerfHead(replace(SMALL_CONFIG, weight_surface=1.0), num_classes=4)
+
+    def surface(first_voxel: int) -> tuple[torch.Tensor, torch.Tensor]:
+        density = torch.zeros(SMALL_GRID.shape)
+        density[first_voxel:first_voxel + 2] = 30.0
+        density.requires_grad_(True)
+        loss = head.losses(head.render(density, semantic, origins, unit, torch.eye(3)), depth,
+                           semantics)["loss_render_surface"]
+        return loss, torch.autograd.grad(loss, density)[0]
+
+    at_label, _ = surface(30)  # x in [4, 4.8) m
+    behind, grad = surface(33)  # x in [5.2, 6.0) m
+    assert at_label < 0.1
+    assert behind > 5
+    assert (grad[30] <= 0).all() and grad[30].sum() < 0  # descending it raises the density at the label
+    assert (grad[33:] == 0).all()
+    rendered = head.render(torch.zeros(SMALL_GRID.shape), semantic, origins, unit, torch.eye(3))
+    finite = torch.isfinite(depth)
+    torch.testing.assert_close(head.losses(rendered, depth, semantics)["loss_render_surface"],
+                               surface_loss(rendered.weights[finite], rendered.t[finite] * head.config.radius,
+                                            depth[finite], head.config.surface_margin_m))
+    reference = NerfHead(SMALL_CONFIG, num_classes=4)
+    assert "loss_render_surface" not in reference.losses(rendered, depth, semantics)
+
+
+def test_rays_labelled_above_or_below_the_grid_cross_it_as_sky():
+    """With `sky_outside_height`, a ray whose labelled point lies above the grid's top (2.2 m here) or below
+    its floor becomes a sky ray (range inf, no class): the grid cannot stop it at its range. Rays labelled
+    inside the height range, or beyond the grid's sides, keep their labels, and sky rays stay sky."""
+    head = NerfHead(replace(SMALL_CONFIG, sky_outside_height=True), num_classes=4)
+    origins = torch.tensor([[0.0, 0.0, 1.0]]).repeat(5, 1)
+    directions = torch.tensor([[1.0, 0.0, 0.5], [1.0, 0.0, 0.5], [1.0, 0.0, -0.5], [1.0, 0.0, 0.0],
+                               [0.0, 0.0, 1.0]])
+    unit_z = directions[:, 2] / directions.norm(dim=-1)
+    depth = torch.tensor([2.0 / unit_z[0], 0.5 / unit_z[1], 3.0 / -unit_z[2], 20.0, math.inf])
+    semantics = torch.tensor([3, 2, 1, 0, IGNORE_INDEX])
+    # heights of the labelled points: 3.0 (above), 1.5 (inside), -2.0 (below), 1.0 at 20 m (beyond the side)
+    new_depth, new_semantics = head.outside_height_as_sky(origins, directions, depth, semantics)
+    assert torch.equal(torch.isinf(new_depth), torch.tensor([True, False, True, False, True]))
+    assert new_semantics.tolist() == [IGNORE_INDEX, 2, IGNORE_INDEX, 0, IGNORE_INDEX]
+    torch.testing.assert_close(new_depth[[1, 3]], depth[[1, 3]])
+
+    density, semantic = torch.zeros(1, *SMALL_GRID.shape), torch.zeros(1, *SMALL_GRID.shape, 4)
+    rays = RayBatch(origins[None], directions[None], depth[None], semantics[None])
+    rendered = head.render(density[0], semantic[0], origins, directions, torch.eye(3))
+    torch.testing.assert_close(head(density, semantic, rays, torch.eye(3)[None]),
+                               head.losses(rendered, new_depth, new_semantics))
+
+
+def test_the_surface_semantic_loss_reads_the_voxel_the_label_bounds():
+    """`loss_surface_semantic` is the cross-entropy of the logits half a voxel behind the labelled range:
+    for a ray along x labelled at the face x = 4 m, voxel 30's centre (also under a BEV flip); its
+    gradient reaches that voxel alone. Sky rays and rays without a class stay out of it."""
+    head = NerfHead(replace(SMALL_CONFIG, weight_surface_semantic=1.0), num_classes=4)
+    semantic = torch.zeros(*SMALL_GRID.shape, 4)
+    semantic[30, :, :, 2] = 5.0  # x in [4, 4.4) m says class 2
+    semantic.requires_grad_(True)
+    origins = torch.tensor([[0.0, 0.3, 1.0]]).repeat(4, 1)
+    directions = torch.tensor([[1.0, 0.0, 0.0]]).repeat(4, 1)
+    depth = torch.tensor([4.0, 4.0, 4.0, math.inf])
+    semantics = torch.tensor([2, 1, IGNORE_INDEX, IGNORE_INDEX])
+    for flip, sign in ((torch.eye(3), 1.0), (torch.diag(torch.tensor([-1.0, 1.0, 1.0])), -1.0)):
+        logits = head.surface_logits(semantic, origins[:1], sign * directions[:1], depth[:1], flip)
+        torch.testing.assert_close(logits, torch.tensor([[0.0, 0.0, 5.0, 0.0]]))
+    right = head.surface_semantic_loss(semantic, origins[[0, 2, 3]], directions[[0, 2, 3]], depth[[0, 2, 3]],
+                                       semantics[[0, 2, 3]], torch.eye(3))
+    wrong = head.surface_semantic_loss(semantic, origins[1:], directions[1:], depth[1:], semantics[1:],
+                                       torch.eye(3))
+    assert right < 0.05 and wrong > 5
+    (grad,) = torch.autograd.grad(wrong, semantic)
+    assert grad[30].abs().sum() > 0 and grad[:30].abs().sum() == 0 and grad[31:].abs().sum() == 0
+    density = torch.zeros(1, *SMALL_GRID.shape)
+    rays = RayBatch(origins[None], directions[None], depth[None], semantics[None])
+    losses = head(density, semantic[None], rays, torch.eye(3)[None])
+    expected = head.surface_semantic_loss(semantic, origins, directions, depth, semantics, torch.eye(3))
+    torch.testing.assert_close(losses["loss_surface_semantic"], expected)
+    assert "loss_surface_semantic" not in NerfHead(SMALL_CONFIG, num_classes=4)(density, semantic[None], rays,
+                                                                                 torch.eye(3)[None])

@@ -428,7 +428,8 @@ CONFIGS["demo-tiny-2d"] = replace(
     class_balance=False,
     scene_class_affinity=False,
     render_occ=RenderOccHeadConfig(test_threshold=density_at_voxel_opacity(0.25)),
-    nerf_head=NerfHeadConfig(weight_sky=1.0),
+    nerf_head=NerfHeadConfig(weight_sky=1.0, weight_surface=1.0, sky_outside_height=True,
+                             weight_surface_semantic=1.0),
     recipe=DEMO_TINY_2D_RECIPE,
 )
 

@@ -34,6 +34,7 @@ EARLY_STOP_TRANSMITTANCE = 1e-3  # alpha2weight_cuda_kernel: compositing stops b
 LOG_TRANSMITTANCE_FLOOR = 30.0  # optical depth beyond which T (< 1e-13, long past the stop) is floored
 SILOG_VARIANCE_FOCUS = 0.85
 DEPTH_EPS = 1e-7  # added to the rendered depth before its logarithm, as the reference
+SURFACE_WEIGHT_FLOOR = 1e-4  # added to a ray's weight near its surface before the logarithm
 
 
 @dataclass
@@ -112,6 +113,19 @@ def distortion_loss(weights: Tensor, s: Tensor, interval: float) -> Tensor:
     pairs = 2.0 * weights * (s * w_before - ws_before)
     own = weights.pow(2) * (interval / 3.0)
     return (pairs + own).sum() / weights.shape[0]
+
+
+def surface_loss(weights: Tensor, distance_m: Tensor, depth_m: Tensor, margin_m: float) -> Tensor:
+    """Mean over R rays of -log(the weight each composites within `margin_m` of its labelled range): the
+    ray should stop at its surface, neither in the free space before it nor behind it. The terminating
+    part of DS-NeRF's and Urban Radiance Fields' line-of-sight losses, as a window's likelihood. Where the
+    window holds no weight at all (a surface outside the grid), the loss saturates at -log of the floor.
+
+    Args:
+        weights: R x S compositing weights; distance_m: R x S their distances along the ray (metres);
+        depth_m: R labelled ranges (finite)."""
+    near = (distance_m - depth_m[:, None]).abs() <= margin_m
+    return -torch.log((weights * near).sum(dim=-1) + SURFACE_WEIGHT_FLOOR).mean()
 
 
 def binary_entropy(p: Tensor) -> Tensor:
