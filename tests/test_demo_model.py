@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "frame"
 REPOSITORY = ROOT / "model_repository"
 DEMO = REPOSITORY / "demo-tiny"
-# The committed demo models (`make serve` serves them all): one frame and three frames, from 3D labels.
-DEMO_MODELS = ("demo-tiny", "demo-tiny-4d-stereo")
+# The committed demo models (`make serve` serves them all): one frame and three frames from 3D labels, and
+# one frame from 2D labels alone.
+DEMO_MODELS = ("demo-tiny", "demo-tiny-4d-stereo", "demo-tiny-2d")
 
 
 def _example() -> tuple[dict[str, bytes], dict]:
