@@ -43,7 +43,7 @@ lint: install-dev
 # (a temporal model with the frames before each one) and export into a new version of
 # model_repository/<model>. On 2 idle cores: demo-model (demo-tiny, 3D labels, 2,550 iterations, ~20 min),
 # demo-model-4d (demo-tiny-4d-stereo, three frames, 2,040 iterations), demo-model-2d (demo-tiny-2d, 2D
-# labels only, 2,550 iterations; not committed: docs/rendering.md); the cards give the measured times.
+# labels only, 2,550 iterations); the cards give the measured times.
 DEMO_DATA ?= work/synth-demo
 
 # $(call demo_model,config,final iteration): train into work/<config>, evaluate, export.
