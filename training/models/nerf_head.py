@@ -6,7 +6,8 @@ The head has no parameters. It registers the scene normalisation (`scene_center`
 normalised bounds of the contracted scene (`xyz_min`, `xyz_max`) and the density shift (`act_shift`),
 which therefore sit in the reference checkpoints; ours hold the reference's values, so those load key
 for key. It turns voxel densities and semantic logits into the four rendering losses against rays with
-2D labels (training only).
+2D labels (training only), and where its config turns them on into three of ours, which the reference
+configs leave off: the sky rays' optical depth, the surface loss and the surface semantics.
 """
 
 import math

@@ -4,7 +4,8 @@ mmdet3d/models/nerf/; the head itself, with its buffers, is training/models/nerf
 The voxel outputs, density (raw, before the activation) and 17 semantic logits, are sampled
 trilinearly along camera rays, composited front to back with DVGO's Raw2Alpha / Alphas2Weights, and
 compared with per-pixel labels: SILog on the rendered depth, class-weighted cross-entropy on the
-rendered semantics, the entropy of each ray's last transmittance and DVGO's distortion loss.
+rendered semantics, the entropy of each ray's last transmittance and DVGO's distortion loss; and, ours,
+the weight each ray composites near its labelled range (`surface_loss`).
 
 The reference runs three JIT-compiled CUDA extensions over a ragged list of points (torch_scatter's
 segment_coo, cumdist_thres, alpha2weight, the efficient distloss); here every ray has the same
