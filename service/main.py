@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from occupancy.cameras import CAMERA_NAMES
 from service.api.deps import require_api_key
@@ -36,6 +37,12 @@ log = logging.getLogger("service")
 # One thread per camera, as far as there are cores: decoding is CPU work (libjpeg releases the GIL).
 DECODE_THREADS = min(len(CAMERA_NAMES), os.cpu_count() or 1)
 
+# numpy's BLAS (OpenBLAS) on one thread while serving. The gateway's matrices are 4 x 4, and after one
+# LAPACK call (np.linalg.inv of a camera's ego pose) OpenBLAS's other threads spin on a core for as long
+# as calls keep coming: on two cores that took the decoder threads' time, and the six JPEGs of a frame
+# with per-camera ego poses decoded in 16.4 ms instead of 8.2 (benchmarks/http_predict_results.md).
+BLAS_THREADS = 1
+
 SWEEP_S = 10.0  # how often expired sequences are dropped at the latest (sooner with a shorter TTL)
 
 BackendFactory = Callable[[Settings], Backend]
@@ -49,19 +56,20 @@ def create_app(settings: Settings | None = None, build_backend: BackendFactory |
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        backend = await run_in_threadpool(build_backend, settings)
-        decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="occ-decode")
-        sweeper = None
-        try:
-            app.state.occ = state = _state(settings, backend, decoder)
-            interval = min(settings.sequence_ttl_s, SWEEP_S)
-            sweeper = asyncio.create_task(state.sequences.sweep_forever(interval))
-            yield
-        finally:
-            if sweeper is not None:
-                sweeper.cancel()
-            decoder.shutdown(wait=False, cancel_futures=True)
-            await backend.close()
+        with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+            backend = await run_in_threadpool(build_backend, settings)
+            decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="occ-decode")
+            sweeper = None
+            try:
+                app.state.occ = state = _state(settings, backend, decoder)
+                interval = min(settings.sequence_ttl_s, SWEEP_S)
+                sweeper = asyncio.create_task(state.sequences.sweep_forever(interval))
+                yield
+            finally:
+                if sweeper is not None:
+                    sweeper.cancel()
+                decoder.shutdown(wait=False, cancel_futures=True)
+                await backend.close()
 
     app = FastAPI(
         title="Occupancy gateway",

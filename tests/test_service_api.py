@@ -32,6 +32,7 @@ from service_fixtures import (
     serving,
     write_model,
 )
+from threadpoolctl import threadpool_info
 
 from occupancy.calibration import Pose, parse_calibration
 from occupancy.cameras import CAMERA_NAMES
@@ -84,6 +85,20 @@ def expected_grid(repository, frame):
 
 
 # --- answers -------------------------------------------------------------------------------------------
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_numpy_blas_runs_on_one_thread_while_the_gateway_serves(settings):
+    """After a LAPACK call (the inverse of a camera's ego pose) OpenBLAS's spare threads spin on the cores
+    the JPEG decoder needs: the gateway holds BLAS to one thread while it serves, and gives the others
+    back when it stops."""
+    before = _blas_threads()
+    with TestClient(create_app(settings)):
+        assert _blas_threads() == {1}
+    assert _blas_threads() == before
 
 
 def test_dense_answer_is_the_models_grid(client, frame, expected_grid):
