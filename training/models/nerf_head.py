@@ -316,11 +316,12 @@ class NerfHead(nn.Module):
                 depth, semantics = rays.depth[b][valid], rays.semantics[b][valid]
                 if self.config.sky_outside_height:
                     depth, semantics = self.outside_height_as_sky(origins, directions, depth, semantics)
-                rendered = self.render(density[b].float(), semantic[b].float(), origins, directions, bda[b])
+                grid_semantic = semantic[b].float()  # one float32 copy of the bf16 logits, read twice
+                rendered = self.render(density[b].float(), grid_semantic, origins, directions, bda[b])
                 losses = self.losses(rendered, depth, semantics)
                 if self.config.weight_surface_semantic > 0:
                     losses["loss_surface_semantic"] = self.config.weight_surface_semantic * \
-                        self.surface_semantic_loss(semantic[b].float(), origins, directions, depth, semantics,
+                        self.surface_semantic_loss(grid_semantic, origins, directions, depth, semantics,
                                                    bda[b])
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + value / batch
